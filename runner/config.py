@@ -1,0 +1,191 @@
+"""Configuration: one frozen ``Settings`` built from runner.toml, RUNNER_* variables and flags.
+
+Precedence, highest first: command-line flags (each also readable from a
+``RUNNER_*`` environment variable, see ``--help``), then ``runner.toml`` (in the
+working directory, or the file named by ``RUNNER_CONFIG``), then built-in
+defaults. API keys are never stored here: an endpoint names the *environment
+variable* that holds its key, and the key is read only when a client is built.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from runner.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///runner.db"
+CONFIG_FILE_NAME = "runner.toml"
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+EndpointType = Literal["openai", "local"]
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """Where requests of jobs naming this endpoint go."""
+
+    name: str
+    type: EndpointType
+    # OpenAI-compatible endpoints: base URL and the NAME of the env var holding the key.
+    base_url: str | None = None
+    api_key_env: str | None = None
+    # Seconds before one HTTP try is abandoned (and retried).
+    timeout: float = 120.0
+    # The built-in local model: which model variant answers (None = the default model).
+    variant: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How a worker claims and runs jobs."""
+
+    concurrency: int = 16
+    lease_seconds: float = 60.0
+    heartbeat_seconds: float = 20.0
+    grace_seconds: float = 30.0
+    poll_seconds: float = 0.5
+    max_attempts: int = 5
+    backoff_base_seconds: float = 1.0
+    backoff_max_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a command needs to know about its environment."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    endpoints: Mapping[str, EndpointConfig] = field(default_factory=dict)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    config_path: Path | None = None
+
+    def endpoint(self, name: str) -> EndpointConfig:
+        try:
+            return self.endpoints[name]
+        except KeyError:
+            known = ", ".join(sorted(self.endpoints))
+            raise ConfigError(
+                f"unknown endpoint {name!r} (configured: {known}); "
+                f"add [endpoints.{name}] to {CONFIG_FILE_NAME}"
+            ) from None
+
+
+def builtin_endpoints(env: Mapping[str, str]) -> dict[str, EndpointConfig]:
+    return {
+        "local": EndpointConfig(name="local", type="local"),
+        "openai": EndpointConfig(
+            name="openai",
+            type="openai",
+            base_url=env.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL,
+            api_key_env="OPENAI_API_KEY",
+        ),
+    }
+
+
+def _table(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
+        )
+
+
+def _number(value: Any, where: str, *, minimum: float, integer: bool = False) -> Any:
+    ok_type = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_type) or value < minimum:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{where}: must be {kind} >= {minimum}, got {value!r}")
+    return value
+
+
+def _parse_endpoint(name: str, raw: Any, where: str, base: EndpointConfig | None) -> EndpointConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    if "api_key" in raw:
+        # Keys never live in files we read; naming the variable keeps them out of the database.
+        raise ConfigError(
+            f"{where}: api_key is not accepted; put the key in an environment variable "
+            "and name it with api_key_env"
+        )
+    _check_keys(raw, {"type", "base_url", "api_key_env", "timeout", "variant"}, where)
+    etype = raw.get("type", base.type if base else "openai")
+    if etype not in ("openai", "local"):
+        raise ConfigError(f"{where}.type: must be 'openai' or 'local', got {etype!r}")
+    values: dict[str, Any] = {}
+    for key in ("base_url", "api_key_env", "variant"):
+        if key in raw:
+            if not isinstance(raw[key], str) or not raw[key]:
+                raise ConfigError(f"{where}.{key}: must be a non-empty string")
+            values[key] = raw[key]
+    if "timeout" in raw:
+        values["timeout"] = float(_number(raw["timeout"], f"{where}.timeout", minimum=0.001))
+    if etype == "openai" and not values.get("base_url") and not (base and base.base_url):
+        raise ConfigError(f"{where}.base_url: required for an 'openai' endpoint")
+    start = base if base and base.type == etype else EndpointConfig(name=name, type=etype)
+    return replace(start, **values)
+
+
+def _parse_worker(raw: Mapping[str, Any], where: str) -> WorkerConfig:
+    defaults = WorkerConfig()
+    _check_keys(raw, set(defaults.__dataclass_fields__), where)
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        integer = key in ("concurrency", "max_attempts")
+        values[key] = _number(
+            value, f"{where}.{key}", minimum=1 if integer else 0.001, integer=integer
+        )
+    return replace(defaults, **values)
+
+
+def find_config_file(env: Mapping[str, str], cwd: Path) -> Path | None:
+    named = env.get("RUNNER_CONFIG")
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"RUNNER_CONFIG names {named!r}, which is not a file")
+        return path
+    path = cwd / CONFIG_FILE_NAME
+    return path if path.is_file() else None
+
+
+def load_settings(
+    *,
+    database_url: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Read the config file (if any) and overlay explicit values."""
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    path = find_config_file(env, cwd)
+    data: Mapping[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    where = str(path) if path else CONFIG_FILE_NAME
+    _check_keys(data, {"database_url", "endpoints", "worker"}, where)
+    endpoints = builtin_endpoints(env)
+    for name, raw in _table(data, "endpoints", where).items():
+        endpoints[name] = _parse_endpoint(
+            name, raw, f"{where}: endpoints.{name}", endpoints.get(name)
+        )
+    worker = _parse_worker(_table(data, "worker", where), f"{where}: worker")
+    url = database_url or data.get("database_url") or DEFAULT_DATABASE_URL
+    if not isinstance(url, str):
+        raise ConfigError(f"{where}: database_url must be a string")
+    return Settings(database_url=url, endpoints=endpoints, worker=worker, config_path=path)

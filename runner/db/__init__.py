@@ -1,0 +1,1 @@
+"""Database layer: engine setup, typed models, migrations and the queue SQL."""

@@ -1,0 +1,186 @@
+"""Engine setup for SQLite and PostgreSQL, and schema migrations.
+
+URLs are given as users write them (``sqlite:///runner.db``,
+``postgresql://user@host/db``) and mapped to the drivers we ship: the stdlib
+``sqlite3`` / ``aiosqlite`` for SQLite and psycopg 3 (sync and async, one
+driver) for PostgreSQL.
+
+SQLite connections run in WAL mode with a busy timeout, and every transaction
+starts with ``BEGIN IMMEDIATE``: writers queue on the database lock up front
+instead of failing with "database is locked" when a read upgrades to a write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from runner.errors import ConfigError, DatabaseError
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def parse_url(url: str) -> URL:
+    """Validate a database URL and normalise it to a driver-less form."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"invalid database URL {url!r}: expected sqlite:///FILE or postgresql://USER@HOST/DB"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"unsupported database {backend!r}: use sqlite or postgresql")
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ConfigError("SQLite needs a file: sqlite:///path/to/runner.db")
+    return parsed.set(drivername=backend)
+
+
+def safe_url(url: str | URL) -> str:
+    """The URL with its password masked, for messages and logs."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    return parsed.render_as_string(hide_password=True)
+
+
+def _driver_url(url: URL, *, asynchronous: bool) -> URL:
+    if url.get_backend_name() == "sqlite":
+        return url.set(drivername="sqlite+aiosqlite" if asynchronous else "sqlite+pysqlite")
+    return url.set(drivername="postgresql+psycopg")
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # We emit BEGIN ourselves (below); the driver must not.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _ensure_sqlite_dir(url: URL) -> None:
+    if url.database:
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def create_sync_engine(url: str) -> Engine:
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        _ensure_sqlite_dir(parsed)
+        engine = create_engine(_driver_url(parsed, asynchronous=False), poolclass=NullPool)
+        _install_sqlite_hooks(engine)
+        return engine
+    return create_engine(_driver_url(parsed, asynchronous=False), poolclass=NullPool)
+
+
+def create_engine_async(url: str, *, pool_size: int = 5) -> AsyncEngine:
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        _ensure_sqlite_dir(parsed)
+        engine = create_async_engine(_driver_url(parsed, asynchronous=True), pool_size=pool_size)
+        _install_sqlite_hooks(engine.sync_engine)
+        return engine
+    return create_async_engine(
+        _driver_url(parsed, asynchronous=True), pool_size=pool_size, pool_pre_ping=True
+    )
+
+
+# ---------------------------------------------------------------- migrations
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic config pointing at the migrations shipped inside the package."""
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("runner.migrations")))
+    if url is not None:
+        config.attributes["database_url"] = url
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(url: str, revision: str = "head") -> tuple[str | None, str]:
+    """Run migrations up to ``revision``; returns (revision before, revision after)."""
+    engine = create_sync_engine(url)
+    try:
+        with engine.begin() as connection:
+            before = current_revision(connection)
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+            after = current_revision(connection)
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"migration failed on {safe_url(url)}: {exc}") from exc
+    finally:
+        engine.dispose()
+    return before, after or ""
+
+
+@contextmanager
+def _connect_sync(url: str) -> Iterator[Connection]:
+    engine = create_sync_engine(url)
+    try:
+        with engine.begin() as connection:
+            yield connection
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot open the database {safe_url(url)}: {exc}") from exc
+    finally:
+        engine.dispose()
+
+
+def ensure_schema(url: str) -> None:
+    """Make sure the database is at the current schema before any command uses it.
+
+    A new SQLite file is created and migrated on first use, so the default needs no
+    setup step; its check and migration run under the write lock, so workers
+    starting together don't race. PostgreSQL and existing databases that are behind
+    must be upgraded explicitly with ``runner db upgrade``.
+    """
+    head = head_revision()
+    parsed = parse_url(url)
+    with _connect_sync(url) as connection:
+        current = current_revision(connection)
+        if current == head:
+            return
+        if current is None and parsed.get_backend_name() == "sqlite":
+            config = alembic_config(url)
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+            return
+    if current is None:
+        raise DatabaseError(
+            f"the database {safe_url(url)} has no seed-runner schema yet; "
+            "run `runner db upgrade` first"
+        )
+    raise DatabaseError(
+        f"the database {safe_url(url)} is at schema revision {current}, this seed-runner "
+        f"needs {head}; run `runner db upgrade`"
+    )

@@ -1,0 +1,156 @@
+"""Typed SQLAlchemy models: the documented, stable schema users query with SQL.
+
+Alembic (``migrations/``) owns the schema; these models must match it, which the
+test suite checks on both backends. See docs/schema.md for every column.
+JSON documents are stored as text (canonical JSON for request bodies, the
+response exactly as the endpoint returned it).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from runner.db.types import UTCDateTime
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class RunState(enum.StrEnum):
+    """Where a run is in its life. Values are stored as text."""
+
+    QUEUED = "queued"  # waiting to be claimed (available_at may be in the future: backoff)
+    RUNNING = "running"  # claimed by lease_owner until lease_expires_at
+    SUCCEEDED = "succeeded"  # the endpoint answered; response, output and usage stored
+    FAILED = "failed"  # permanent error, or out of attempts; error_* columns say why
+    CANCELLED = "cancelled"  # cancelled by a user before it finished
+
+
+class RoundTrigger(enum.StrEnum):
+    """Why a round exists."""
+
+    SUBMIT = "submit"  # round 1, created when the job file was submitted
+    REPLAY = "replay"  # a rerun asked for by a user
+    SCHEDULE = "schedule"  # a tick of a schedule
+
+
+def _states_check(column: str, enum_cls: type[enum.StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(m.value) for m in enum_cls)})"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    source_path: Mapped[str] = mapped_column(Text)
+    source_format: Mapped[str] = mapped_column(String(20))
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    job_count: Mapped[int] = mapped_column(Integer)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "key", name="uq_jobs_batch_key"),
+        Index("ix_jobs_request_hash", "request_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(Text)
+    endpoint: Mapped[str] = mapped_column(String(100))
+    model: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)
+    request_hash: Mapped[str] = mapped_column(String(71))
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    source_line: Mapped[int | None] = mapped_column(Integer)
+
+
+class Round(Base):
+    __tablename__ = "rounds"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "number", name="uq_rounds_batch_number"),
+        CheckConstraint(_states_check("trigger", RoundTrigger), name="ck_rounds_trigger"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    trigger: Mapped[str] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("round_id", "job_id", name="uq_runs_round_job"),
+        CheckConstraint(_states_check("state", RunState), name="ck_runs_state"),
+        Index("ix_runs_claim", "state", "available_at", "id"),
+        Index("ix_runs_lease", "state", "lease_expires_at"),
+        Index("ix_runs_owner", "lease_owner"),
+        Index("ix_runs_job", "job_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(20))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    available_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Success: what the endpoint returned.
+    response: Mapped[str | None] = mapped_column(Text)
+    output: Mapped[str | None] = mapped_column(Text)
+    outputs: Mapped[str | None] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(50))
+    response_model: Mapped[str | None] = mapped_column(String(200))
+    system_fingerprint: Mapped[str | None] = mapped_column(String(200))
+    provider_request_id: Mapped[str | None] = mapped_column(String(200))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    total_tokens: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    # Failure: the last error.
+    error_type: Mapped[str | None] = mapped_column(String(100))
+    error_status: Mapped[int | None] = mapped_column(Integer)
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+
+class Attempt(Base):
+    __tablename__ = "attempts"
+    __table_args__ = (Index("ix_attempts_run", "run_id", "number"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    outcome: Mapped[str] = mapped_column(String(20))
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error_type: Mapped[str | None] = mapped_column(String(100))
+    error_message: Mapped[str | None] = mapped_column(Text)

@@ -1,0 +1,50 @@
+"""The one exception hierarchy of seed-runner.
+
+Every error a user can cause (bad job file, bad config, unknown batch, database
+not migrated) is a ``RunnerError``; the CLI prints its message and exits non-zero
+without a traceback. A subclass's docstring is its default message.
+"""
+
+from __future__ import annotations
+
+
+class RunnerError(Exception):
+    """seed-runner failed."""
+
+    exit_code = 1
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class ConfigError(RunnerError):
+    """Invalid configuration: check runner.toml, RUNNER_* variables and command-line flags."""
+
+    exit_code = 2
+
+
+class JobFileError(RunnerError):
+    """Invalid job file."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, line: int | None, field: str | None, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.field = field
+        self.problem = problem
+        where = f"{path}:{line}" if line is not None else path
+        what = f"{field}: {problem}" if field else problem
+        super().__init__(f"{where}: {what}")
+
+
+class DatabaseError(RunnerError):
+    """The database cannot be used as it is."""
+
+
+class NotFoundError(RunnerError):
+    """No such object."""

@@ -1,0 +1,548 @@
+"""Job files -> validated, frozen job specs.
+
+Two formats:
+
+* YAML job specs (``.yaml``/``.yml``) that expand into many requests:
+  models x items x vars (cartesian) x seeds x repeat, in that order.
+* OpenAI Batch API input files (``.jsonl``), one request per line, taken as
+  they are (only ``/v1/chat/completions`` lines).
+
+Every problem is a ``JobFileError`` naming file, line and field. Jobs are
+produced lazily (``JobFile.jobs()``) so a million-line JSONL is never held in
+memory; ``JobFile.sha256`` is complete once the iterator is exhausted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+import yaml
+
+from runner.errors import JobFileError
+from runner.hashing import canonical_json, request_hash
+from runner.params import PARAMS, REJECTED, check_body_params, check_param
+
+SourceFormat = Literal["yaml", "openai-batch"]
+CHAT_COMPLETIONS_URL = "/v1/chat/completions"
+ROLES = ("system", "developer", "user", "assistant", "tool")
+PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+YAML_KEYS = {
+    "name",
+    "description",
+    "endpoint",
+    "model",
+    "models",
+    "messages",
+    "vars",
+    "items",
+    "seed",
+    "seeds",
+    "repeat",
+    "params",
+    "extra_params",
+    "key",
+    "max_attempts",
+}
+BATCH_LINE_KEYS = {"custom_id", "method", "url", "body"}
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One immutable request: what is sent, where, and under which key."""
+
+    key: str
+    endpoint: str
+    model: str
+    body: str  # canonical JSON of the request body, seed included
+    request_hash: str
+    seed: int | None
+    line: int | None  # where in the source file this job comes from
+
+
+@dataclass
+class JobFile:
+    """A parsed job file: header known up front, jobs streamed."""
+
+    path: Path
+    format: SourceFormat
+    name: str
+    endpoint: str
+    max_attempts: int | None
+    _jobs: Iterator[JobSpec]
+    _sha: Any = field(default_factory=hashlib.sha256)
+
+    def jobs(self) -> Iterator[JobSpec]:
+        return self._jobs
+
+    @property
+    def sha256(self) -> str:
+        return str(self._sha.hexdigest())
+
+
+def load_job_file(path: Path, *, endpoint: str | None = None, name: str | None = None) -> JobFile:
+    """Open a job file; ``endpoint`` and ``name`` override what the file says."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise JobFileError(str(path), None, None, "no such file")
+    if suffix in (".yaml", ".yml"):
+        return _load_yaml(path, endpoint, name)
+    if suffix == ".jsonl":
+        return _load_jsonl(path, endpoint, name)
+    raise JobFileError(
+        str(path),
+        None,
+        None,
+        "unknown file type: use .yaml/.yml for job specs or .jsonl for OpenAI Batch files",
+    )
+
+
+# ---------------------------------------------------------------- YAML
+
+
+class _Lines:
+    """Line numbers of every key and item of a YAML document, by path."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lines: dict[Path_, int] = {}
+
+    def walk(self, node: yaml.Node, at: Path_ = ()) -> None:
+        self.lines.setdefault(at, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                if key in seen:
+                    self.fail((*at, key), "duplicate key", key_node.start_mark.line + 1)
+                seen.add(key)
+                self.lines[(*at, key)] = key_node.start_mark.line + 1
+                self.walk(value_node, (*at, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self.walk(item, (*at, index))
+
+    def line(self, at: Path_) -> int | None:
+        while at not in self.lines and at:
+            at = at[:-1]
+        return self.lines.get(at)
+
+    def fail(self, at: Path_, problem: str, line: int | None = None) -> NoReturn:
+        dotted = ".".join(f"[{p}]" if isinstance(p, int) else p for p in at).replace(".[", "[")
+        raise JobFileError(self.path, line or self.line(at), dotted or None, problem)
+
+
+def _read_yaml(path: Path) -> tuple[Any, _Lines, bytes]:
+    raw = path.read_bytes()
+    lines = _Lines(str(path))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobFileError(str(path), None, None, f"not UTF-8 text: {exc}") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise JobFileError(str(path), 1, None, "file is empty")
+        lines.walk(node)
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise JobFileError(str(path), line, None, f"invalid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise JobFileError(str(path), None, None, f"invalid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+    return data, lines, raw
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _placeholders(template: str) -> list[str]:
+    return [m.group(1) for m in PLACEHOLDER.finditer(template) if m.group(1)]
+
+
+def _fill(template: str, values: Mapping[str, Any]) -> str:
+    def sub(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token == "{{":
+            return "{"
+        if token == "}}":
+            return "}"
+        return _render(values[match.group(1)])
+
+    return PLACEHOLDER.sub(sub, template)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str
+    endpoint: str
+    models: list[str]
+    messages: list[dict[str, Any]]
+    items: list[dict[str, Any]]
+    vars: dict[str, list[Any]]
+    seeds: list[int | None]
+    repeat: int
+    params: dict[str, Any]
+    key: str | None
+    max_attempts: int | None
+
+
+def _string(data: Mapping[str, Any], key: str, lines: _Lines, *, default: str | None = None) -> str:
+    value = data.get(key, default)
+    if not isinstance(value, str) or not value.strip():
+        lines.fail((key,), f"must be a non-empty string, got {value!r}")
+    return str(value)
+
+
+def _positive_int(data: Mapping[str, Any], key: str, lines: _Lines) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        lines.fail((key,), f"must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _one_or_many(
+    data: Mapping[str, Any], one: str, many: str, lines: _Lines, check: Any
+) -> list[Any] | None:
+    if one in data and many in data:
+        lines.fail((many,), f"give {one!r} or {many!r}, not both")
+    if one in data:
+        if not check(data[one]):
+            lines.fail((one,), f"has the wrong type: {data[one]!r}")
+        return [data[one]]
+    if many in data:
+        values = data[many]
+        if not isinstance(values, list) or not values:
+            lines.fail((many,), "must be a non-empty list")
+        for index, value in enumerate(values):
+            if not check(value):
+                lines.fail((many, index), f"has the wrong type: {value!r}")
+        if len(set(map(repr, values))) != len(values):
+            lines.fail((many,), "has duplicate values")
+        return list(values)
+    return None
+
+
+def _messages(data: Mapping[str, Any], lines: _Lines) -> list[dict[str, Any]]:
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        lines.fail(("messages",), "must be a non-empty list of {role, content} mappings")
+    for index, message in enumerate(messages):
+        at: Path_ = ("messages", index)
+        if not isinstance(message, Mapping):
+            lines.fail(at, "must be a mapping with role and content")
+        unknown = sorted(set(message) - {"role", "content", "name"})
+        if unknown:
+            lines.fail((*at, unknown[0]), "unknown key (allowed: role, content, name)")
+        if message.get("role") not in ROLES:
+            lines.fail((*at, "role"), f"must be one of {', '.join(ROLES)}")
+        if not isinstance(message.get("content"), str):
+            lines.fail((*at, "content"), "must be a string")
+        if "name" in message and not isinstance(message["name"], str):
+            lines.fail((*at, "name"), "must be a string")
+    return [dict(m) for m in messages]
+
+
+def _variables(
+    data: Mapping[str, Any], lines: _Lines
+) -> tuple[list[dict[str, Any]], dict[str, list[Any]]]:
+    variables = data.get("vars", {})
+    if not isinstance(variables, Mapping):
+        lines.fail(("vars",), "must map variable names to lists of values")
+    for var, values in variables.items():
+        if not isinstance(values, list) or not values:
+            lines.fail(("vars", var), "must be a non-empty list of values")
+        for index, value in enumerate(values):
+            if not _is_scalar(value):
+                lines.fail(("vars", var, index), "must be a string, number or boolean")
+    items = data.get("items", [{}])
+    if not isinstance(items, list) or not items:
+        lines.fail(("items",), "must be a non-empty list of variable mappings")
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            lines.fail(("items", index), "must be a mapping of variable names to values")
+        for var, value in item.items():
+            if not _is_scalar(value):
+                lines.fail(("items", index, var), "must be a string, number or boolean")
+            if var in variables:
+                lines.fail(("items", index, var), f"variable {var!r} is also defined in vars")
+    return [dict(i) for i in items], {str(k): list(v) for k, v in variables.items()}
+
+
+def _params(data: Mapping[str, Any], lines: _Lines) -> dict[str, Any]:
+    params = data.get("params", {})
+    if not isinstance(params, Mapping):
+        lines.fail(("params",), "must be a mapping of request parameters")
+    for name, value in params.items():
+        if name in REJECTED:
+            lines.fail(("params", name), REJECTED[name])
+        if name not in PARAMS:
+            lines.fail(
+                ("params", name),
+                "unknown parameter (put server-specific ones under extra_params; known: "
+                + ", ".join(sorted(PARAMS))
+                + ")",
+            )
+        problem = check_param(name, value)
+        if problem:
+            lines.fail(("params", name), problem)
+    if "max_tokens" in params and "max_completion_tokens" in params:
+        lines.fail(("params", "max_tokens"), "give max_tokens or max_completion_tokens, not both")
+    extra = data.get("extra_params", {})
+    if not isinstance(extra, Mapping):
+        lines.fail(("extra_params",), "must be a mapping")
+    for name in extra:
+        if name in REJECTED or name in PARAMS:
+            lines.fail(("extra_params", name), "is a known parameter: put it under params")
+    return {**params, **extra}
+
+
+def _parse_spec(
+    data: Any, lines: _Lines, path: Path, endpoint: str | None, name: str | None
+) -> _Spec:
+    if not isinstance(data, Mapping):
+        lines.fail((), "the top level must be a mapping (name, model, messages, ...)")
+    for key in data:
+        if key not in YAML_KEYS:
+            lines.fail((str(key),), f"unknown key (allowed: {', '.join(sorted(YAML_KEYS))})")
+    models = _one_or_many(data, "model", "models", lines, lambda v: isinstance(v, str) and v)
+    if models is None:
+        lines.fail((), "'model' or 'models' is required")
+    seeds = _one_or_many(
+        data, "seed", "seeds", lines, lambda v: isinstance(v, int) and not isinstance(v, bool)
+    )
+    repeat = _positive_int(data, "repeat", lines) or 1
+    key = data.get("key")
+    if key is not None and (not isinstance(key, str) or not key):
+        lines.fail(("key",), "must be a non-empty template string")
+    if "description" in data and not isinstance(data["description"], str):
+        lines.fail(("description",), "must be a string")
+    items, variables = _variables(data, lines)
+    return _Spec(
+        name=name or (_string(data, "name", lines) if "name" in data else path.stem),
+        endpoint=endpoint or (_string(data, "endpoint", lines) if "endpoint" in data else "local"),
+        models=models,
+        messages=_messages(data, lines),
+        items=items,
+        vars=variables,
+        seeds=seeds or [None],
+        repeat=repeat,
+        params=_params(data, lines),
+        key=key,
+        max_attempts=_positive_int(data, "max_attempts", lines),
+    )
+
+
+def _check_placeholders(spec: _Spec, lines: _Lines) -> None:
+    var_names = set(spec.vars)
+    for index, item in enumerate(spec.items):
+        names = var_names | set(item)
+        for m_index, message in enumerate(spec.messages):
+            for placeholder in _placeholders(message["content"]):
+                if placeholder not in names:
+                    where = "" if len(spec.items) == 1 else f" (in item {index})"
+                    lines.fail(
+                        ("messages", m_index, "content"),
+                        f"placeholder {{{placeholder}}} has no variable{where}; "
+                        f"defined: {', '.join(sorted(names)) or 'none'}",
+                    )
+        if spec.key is not None:
+            allowed = names | {"model", "seed", "repeat", "item", "index"}
+            for placeholder in _placeholders(spec.key):
+                if placeholder not in allowed:
+                    lines.fail(
+                        ("key",),
+                        f"placeholder {{{placeholder}}} is not a variable nor one of "
+                        "model, seed, repeat, item, index",
+                    )
+
+
+def _default_key(
+    spec: _Spec, model: str, values: Mapping[str, Any], seed: int | None, rep: int
+) -> str:
+    parts = []
+    if len(spec.models) > 1:
+        parts.append(f"model={model}")
+    parts.extend(f"{k}={_render(v)}" for k, v in values.items())
+    if len(spec.seeds) > 1:
+        parts.append(f"seed={seed}")
+    if spec.repeat > 1:
+        parts.append(f"rep={rep}")
+    return "/".join(parts) or "job"
+
+
+def _expand(spec: _Spec, lines: _Lines) -> Iterator[JobSpec]:
+    index = 0
+    line = lines.line(("messages",))
+    for model in spec.models:
+        for item_index, item in enumerate(spec.items):
+            combos = itertools.product(*spec.vars.values()) if spec.vars else [()]
+            for combo in combos:
+                values = {**item, **dict(zip(spec.vars, combo, strict=True))}
+                messages = [{**m, "content": _fill(m["content"], values)} for m in spec.messages]
+                for seed in spec.seeds:
+                    body: dict[str, Any] = {"model": model, "messages": messages, **spec.params}
+                    if seed is not None:
+                        body["seed"] = seed
+                    text = canonical_json(body)
+                    digest = request_hash(text)
+                    for rep in range(1, spec.repeat + 1):
+                        index += 1
+                        if spec.key is None:
+                            key = _default_key(spec, model, values, seed, rep)
+                        else:
+                            key = _fill(
+                                spec.key,
+                                {
+                                    **values,
+                                    "model": model,
+                                    "seed": seed,
+                                    "repeat": rep,
+                                    "item": item_index,
+                                    "index": index,
+                                },
+                            )
+                        at: Path_ = ("items", item_index) if ("items",) in lines.lines else ()
+                        yield JobSpec(
+                            key=key,
+                            endpoint=spec.endpoint,
+                            model=model,
+                            body=text,
+                            request_hash=digest,
+                            seed=seed,
+                            line=lines.line(at) if at else line,
+                        )
+
+
+def _load_yaml(path: Path, endpoint: str | None, name: str | None) -> JobFile:
+    data, lines, raw = _read_yaml(path)
+    spec = _parse_spec(data, lines, path, endpoint, name)
+    _check_placeholders(spec, lines)
+    sha = hashlib.sha256(raw)
+    return JobFile(
+        path=path,
+        format="yaml",
+        name=spec.name,
+        endpoint=spec.endpoint,
+        max_attempts=spec.max_attempts,
+        _jobs=_expand(spec, lines),
+        _sha=sha,
+    )
+
+
+# ---------------------------------------------------------------- OpenAI Batch JSONL
+
+
+def _batch_record(path: str, number: int, raw: bytes) -> dict[str, Any]:
+    """The envelope of one Batch line: custom_id, method, url, body."""
+    try:
+        record = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise JobFileError(path, number, None, f"invalid JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise JobFileError(path, number, None, "each line must be a JSON object")
+    problem: tuple[str, str] | None = None
+    unknown = sorted(set(record) - BATCH_LINE_KEYS)
+    if unknown:
+        problem = unknown[0], "unknown key (a Batch line has custom_id, method, url, body)"
+    elif not isinstance(record.get("custom_id"), str) or not record["custom_id"]:
+        problem = "custom_id", "must be a non-empty string"
+    elif record.get("method") != "POST":
+        problem = "method", f'must be "POST", got {record.get("method")!r}'
+    elif record.get("url") != CHAT_COMPLETIONS_URL:
+        problem = (
+            "url",
+            (f"unsupported url {record.get('url')!r}: only {CHAT_COMPLETIONS_URL} is supported"),
+        )
+    elif not isinstance(record.get("body"), dict):
+        problem = "body", "must be a JSON object"
+    if problem:
+        raise JobFileError(path, number, problem[0], problem[1])
+    return record
+
+
+def _batch_line(path: str, number: int, raw: bytes) -> tuple[str, dict[str, Any]]:
+    record = _batch_record(path, number, raw)
+    body: dict[str, Any] = record["body"]
+    messages = body.get("messages")
+    problem: tuple[str, str] | None = None
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        problem = "model", "must be a non-empty string"
+    elif not isinstance(messages, list) or not messages:
+        problem = "messages", "must be a non-empty list"
+    elif not all(isinstance(m, dict) and "role" in m for m in messages):
+        problem = "messages", "every message must be an object with a role"
+    else:
+        problem = check_body_params(body)
+    if problem:
+        raise JobFileError(path, number, f"body.{problem[0]}", problem[1])
+    return str(record["custom_id"]), body
+
+
+def _jsonl_jobs(path: Path, endpoint: str, sha: Any) -> Iterator[JobSpec]:
+    count = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            sha.update(raw)
+            if not raw.strip():
+                continue
+            custom_id, body = _batch_line(str(path), number, raw)
+            text = canonical_json(body)
+            seed = body.get("seed")
+            count += 1
+            yield JobSpec(
+                key=custom_id,
+                endpoint=endpoint,
+                model=body["model"],
+                body=text,
+                request_hash=request_hash(text),
+                seed=seed,
+                line=number,
+            )
+    if count == 0:
+        raise JobFileError(str(path), None, None, "file is empty: no request lines")
+
+
+def _load_jsonl(path: Path, endpoint: str | None, name: str | None) -> JobFile:
+    sha = hashlib.sha256()
+    endpoint = endpoint or "openai"
+    return JobFile(
+        path=path,
+        format="openai-batch",
+        name=name or path.stem,
+        endpoint=endpoint,
+        max_attempts=None,
+        _jobs=_jsonl_jobs(path, endpoint, sha),
+        _sha=sha,
+    )
+
+
+def find_duplicate(jobs: Sequence[JobSpec] | Iterator[JobSpec]) -> JobSpec | None:
+    """The first job whose key repeats an earlier one (used after a unique violation)."""
+    seen: set[str] = set()
+    for job in jobs:
+        if job.key in seen:
+            return job
+        seen.add(job.key)
+    return None
