@@ -51,6 +51,8 @@ YAML_KEYS = {
     "max_attempts",
 }
 BATCH_LINE_KEYS = {"custom_id", "method", "url", "body"}
+# Keys of an item that are not variables: per-item overrides of the top-level ones.
+ITEM_RESERVED = ("seed", "params")
 
 Path_ = tuple[str | int, ...]
 
@@ -192,12 +194,21 @@ def _is_scalar(value: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class _Item:
+    """One entry of ``items``: variable values plus optional per-item seed and params."""
+
+    values: dict[str, Any]
+    params: dict[str, Any]
+    seeds: list[int | None] | None
+
+
+@dataclass(frozen=True)
 class _Spec:
     name: str
     endpoint: str
     models: list[str]
     messages: list[dict[str, Any]]
-    items: list[dict[str, Any]]
+    items: list[_Item]
     vars: dict[str, list[Any]]
     seeds: list[int | None]
     repeat: int
@@ -264,51 +275,73 @@ def _messages(data: Mapping[str, Any], lines: _Lines) -> list[dict[str, Any]]:
     return [dict(m) for m in messages]
 
 
-def _variables(
-    data: Mapping[str, Any], lines: _Lines
-) -> tuple[list[dict[str, Any]], dict[str, list[Any]]]:
+def _variables(data: Mapping[str, Any], lines: _Lines) -> dict[str, list[Any]]:
     variables = data.get("vars", {})
     if not isinstance(variables, Mapping):
         lines.fail(("vars",), "must map variable names to lists of values")
     for var, values in variables.items():
+        if var in ITEM_RESERVED:
+            lines.fail(("vars", var), f"{var!r} is reserved; use the top-level {var!r} key")
         if not isinstance(values, list) or not values:
             lines.fail(("vars", var), "must be a non-empty list of values")
         for index, value in enumerate(values):
             if not _is_scalar(value):
                 lines.fail(("vars", var, index), "must be a string, number or boolean")
+    return {str(k): list(v) for k, v in variables.items()}
+
+
+def _items(data: Mapping[str, Any], variables: Mapping[str, Any], lines: _Lines) -> list[_Item]:
     items = data.get("items", [{}])
     if not isinstance(items, list) or not items:
         lines.fail(("items",), "must be a non-empty list of variable mappings")
+    result = []
     for index, item in enumerate(items):
+        at: Path_ = ("items", index)
         if not isinstance(item, Mapping):
-            lines.fail(("items", index), "must be a mapping of variable names to values")
+            lines.fail(at, "must be a mapping of variable names to values")
         for var, value in item.items():
+            if var in ITEM_RESERVED:
+                continue
             if not _is_scalar(value):
-                lines.fail(("items", index, var), "must be a string, number or boolean")
+                lines.fail((*at, var), "must be a string, number or boolean")
             if var in variables:
-                lines.fail(("items", index, var), f"variable {var!r} is also defined in vars")
-    return [dict(i) for i in items], {str(k): list(v) for k, v in variables.items()}
+                lines.fail((*at, var), f"variable {var!r} is also defined in vars")
+        seed = item.get("seed")
+        if "seed" in item and (isinstance(seed, bool) or not isinstance(seed, int)):
+            lines.fail((*at, "seed"), f"must be an integer, got {seed!r}")
+        result.append(
+            _Item(
+                values={k: v for k, v in item.items() if k not in ITEM_RESERVED},
+                params=_check_params(item.get("params", {}), (*at, "params"), lines),
+                seeds=[seed] if "seed" in item else None,
+            )
+        )
+    return result
 
 
-def _params(data: Mapping[str, Any], lines: _Lines) -> dict[str, Any]:
-    params = data.get("params", {})
+def _check_params(params: Any, at: Path_, lines: _Lines) -> dict[str, Any]:
     if not isinstance(params, Mapping):
-        lines.fail(("params",), "must be a mapping of request parameters")
+        lines.fail(at, "must be a mapping of request parameters")
     for name, value in params.items():
         if name in REJECTED:
-            lines.fail(("params", name), REJECTED[name])
+            lines.fail((*at, name), REJECTED[name])
         if name not in PARAMS:
             lines.fail(
-                ("params", name),
+                (*at, name),
                 "unknown parameter (put server-specific ones under extra_params; known: "
                 + ", ".join(sorted(PARAMS))
                 + ")",
             )
         problem = check_param(name, value)
         if problem:
-            lines.fail(("params", name), problem)
+            lines.fail((*at, name), problem)
     if "max_tokens" in params and "max_completion_tokens" in params:
-        lines.fail(("params", "max_tokens"), "give max_tokens or max_completion_tokens, not both")
+        lines.fail((*at, "max_tokens"), "give max_tokens or max_completion_tokens, not both")
+    return dict(params)
+
+
+def _params(data: Mapping[str, Any], lines: _Lines) -> dict[str, Any]:
+    params = _check_params(data.get("params", {}), ("params",), lines)
     extra = data.get("extra_params", {})
     if not isinstance(extra, Mapping):
         lines.fail(("extra_params",), "must be a mapping")
@@ -338,13 +371,13 @@ def _parse_spec(
         lines.fail(("key",), "must be a non-empty template string")
     if "description" in data and not isinstance(data["description"], str):
         lines.fail(("description",), "must be a string")
-    items, variables = _variables(data, lines)
+    variables = _variables(data, lines)
     return _Spec(
         name=name or (_string(data, "name", lines) if "name" in data else path.stem),
         endpoint=endpoint or (_string(data, "endpoint", lines) if "endpoint" in data else "local"),
         models=models,
         messages=_messages(data, lines),
-        items=items,
+        items=_items(data, variables, lines),
         vars=variables,
         seeds=seeds or [None],
         repeat=repeat,
@@ -357,7 +390,7 @@ def _parse_spec(
 def _check_placeholders(spec: _Spec, lines: _Lines) -> None:
     var_names = set(spec.vars)
     for index, item in enumerate(spec.items):
-        names = var_names | set(item)
+        names = var_names | set(item.values)
         for m_index, message in enumerate(spec.messages):
             for placeholder in _placeholders(message["content"]):
                 if placeholder not in names:
@@ -378,15 +411,43 @@ def _check_placeholders(spec: _Spec, lines: _Lines) -> None:
                     )
 
 
-def _default_key(
-    spec: _Spec, model: str, values: Mapping[str, Any], seed: int | None, rep: int
-) -> str:
+@dataclass(frozen=True)
+class _Expansion:
+    """One point of models x items x vars x seeds, before repeats."""
+
+    model: str
+    item_index: int
+    item: _Item
+    values: dict[str, Any]
+    seed: int | None
+
+
+def _expansions(spec: _Spec) -> Iterator[_Expansion]:
+    for model in spec.models:
+        for item_index, item in enumerate(spec.items):
+            combos = itertools.product(*spec.vars.values()) if spec.vars else [()]
+            for combo in combos:
+                values = {**item.values, **dict(zip(spec.vars, combo, strict=True))}
+                for seed in item.seeds or spec.seeds:
+                    yield _Expansion(model, item_index, item, values, seed)
+
+
+def _key(spec: _Spec, point: _Expansion, rep: int, index: int) -> str:
+    if spec.key is not None:
+        extra = {
+            "model": point.model,
+            "seed": point.seed,
+            "repeat": rep,
+            "item": point.item_index,
+            "index": index,
+        }
+        return _fill(spec.key, {**point.values, **extra})
     parts = []
     if len(spec.models) > 1:
-        parts.append(f"model={model}")
-    parts.extend(f"{k}={_render(v)}" for k, v in values.items())
-    if len(spec.seeds) > 1:
-        parts.append(f"seed={seed}")
+        parts.append(f"model={point.model}")
+    parts.extend(f"{k}={_render(v)}" for k, v in point.values.items())
+    if len(spec.seeds) > 1 and point.item.seeds is None:
+        parts.append(f"seed={point.seed}")
     if spec.repeat > 1:
         parts.append(f"rep={rep}")
     return "/".join(parts) or "job"
@@ -394,45 +455,31 @@ def _default_key(
 
 def _expand(spec: _Spec, lines: _Lines) -> Iterator[JobSpec]:
     index = 0
-    line = lines.line(("messages",))
-    for model in spec.models:
-        for item_index, item in enumerate(spec.items):
-            combos = itertools.product(*spec.vars.values()) if spec.vars else [()]
-            for combo in combos:
-                values = {**item, **dict(zip(spec.vars, combo, strict=True))}
-                messages = [{**m, "content": _fill(m["content"], values)} for m in spec.messages]
-                for seed in spec.seeds:
-                    body: dict[str, Any] = {"model": model, "messages": messages, **spec.params}
-                    if seed is not None:
-                        body["seed"] = seed
-                    text = canonical_json(body)
-                    digest = request_hash(text)
-                    for rep in range(1, spec.repeat + 1):
-                        index += 1
-                        if spec.key is None:
-                            key = _default_key(spec, model, values, seed, rep)
-                        else:
-                            key = _fill(
-                                spec.key,
-                                {
-                                    **values,
-                                    "model": model,
-                                    "seed": seed,
-                                    "repeat": rep,
-                                    "item": item_index,
-                                    "index": index,
-                                },
-                            )
-                        at: Path_ = ("items", item_index) if ("items",) in lines.lines else ()
-                        yield JobSpec(
-                            key=key,
-                            endpoint=spec.endpoint,
-                            model=model,
-                            body=text,
-                            request_hash=digest,
-                            seed=seed,
-                            line=lines.line(at) if at else line,
-                        )
+    has_items = ("items",) in lines.lines
+    for point in _expansions(spec):
+        messages = [{**m, "content": _fill(m["content"], point.values)} for m in spec.messages]
+        body: dict[str, Any] = {
+            "model": point.model,
+            "messages": messages,
+            **spec.params,
+            **point.item.params,
+        }
+        if point.seed is not None:
+            body["seed"] = point.seed
+        text = canonical_json(body)
+        digest = request_hash(text)
+        line = lines.line(("items", point.item_index) if has_items else ("messages",))
+        for rep in range(1, spec.repeat + 1):
+            index += 1
+            yield JobSpec(
+                key=_key(spec, point, rep, index),
+                endpoint=spec.endpoint,
+                model=point.model,
+                body=text,
+                request_hash=digest,
+                seed=point.seed,
+                line=line,
+            )
 
 
 def _load_yaml(path: Path, endpoint: str | None, name: str | None) -> JobFile:

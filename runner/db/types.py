@@ -31,7 +31,9 @@ class UTCDateTime(TypeDecorator[datetime]):
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "sqlite":
             return dialect.type_descriptor(
-                sqlite.DATETIME(storage_format=SQLITE_FORMAT, regexp=SQLITE_REGEXP)
+                sqlite.DATETIME(  # type: ignore[no-untyped-call]
+                    storage_format=SQLITE_FORMAT, regexp=SQLITE_REGEXP
+                )
             )
         return dialect.type_descriptor(DateTime(timezone=True))
 

@@ -1,0 +1,274 @@
+"""The ``runner`` command: parse flags, build settings, call the core. No logic here.
+
+Every option can also be set with an environment variable, shown in ``--help``
+(``RUNNER_<COMMAND>_<OPTION>``, plus ``RUNNER_DATABASE_URL`` for ``--db``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from runner import __version__, output
+from runner.config import Settings, load_settings
+from runner.db import engine as db
+from runner.errors import RunnerError
+from runner.report import batch_status, run_details
+from runner.submit import Submitted, submit
+from runner.worker import Worker
+
+T = TypeVar("T")
+
+
+class RunnerGroup(click.Group):
+    """Turns our errors into one clear line on stderr and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RunnerError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            ctx.exit(exc.exit_code)
+        except OperationalError as exc:
+            url = ctx.obj.settings.database_url if ctx.obj else "?"
+            click.echo(
+                f"error: database {db.safe_url(url)}: {str(exc.orig or exc).strip()}", err=True
+            )
+            ctx.exit(1)
+
+
+class Context:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def run(self, fn: Callable[[AsyncEngine], Awaitable[T]], *, pool_size: int = 5) -> T:
+        """Check the schema, then run ``fn`` with an engine inside an asyncio event loop."""
+        db.ensure_schema(self.settings.database_url)
+
+        async def main() -> T:
+            engine = db.create_engine_async(self.settings.database_url, pool_size=pool_size)
+            try:
+                return await fn(engine)
+            finally:
+                await engine.dispose()
+
+        return anyio.run(main, backend="asyncio")
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(
+    cls=RunnerGroup, context_settings={"auto_envvar_prefix": "RUNNER", "show_default": True}
+)
+@click.version_option(__version__, prog_name="runner")
+@click.option(
+    "--db",
+    "database_url",
+    envvar="RUNNER_DATABASE_URL",
+    show_envvar=True,
+    help="Database URL: sqlite:///FILE or postgresql://USER@HOST/DB "
+    "[default: runner.toml's database_url, else sqlite:///runner.db]",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default="warning",
+    show_envvar=True,
+    help="How much to log on stderr.",
+)
+@click.pass_context
+def main(ctx: click.Context, database_url: str | None, log_level: str) -> None:
+    """seed-runner: run seeded chat-completion batches through a durable queue.
+
+    Submit job files (YAML specs or OpenAI Batch JSONL), work them with an async
+    worker against OpenAI-compatible endpoints or the built-in local model, and
+    keep every output with its seed and system_fingerprint.
+    """
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    if log_level.lower() != "debug":
+        # The SDK and HTTP client log request lines at INFO; ours are enough.
+        for name in ("httpx", "httpx2", "openai"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    ctx.obj = Context(load_settings(database_url=database_url))
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def _job_file_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option(
+        "--name", help="Batch name [default: the file's name: or its file name]", show_envvar=True
+    )(fn)
+    fn = click.option(
+        "--endpoint",
+        show_envvar=True,
+        help="Send every job to this endpoint instead of the one the file names "
+        "[default: YAML 'endpoint' (local), 'openai' for .jsonl]",
+    )(fn)
+    return click.argument("job_file", type=click.Path(path_type=Path, dir_okay=False))(fn)
+
+
+def _echo_submitted(sub: Submitted) -> None:
+    click.echo(
+        f"batch {sub.batch_id} ({sub.name}): {sub.job_count} jobs queued "
+        f"as round {sub.round_number}"
+    )
+
+
+@main.command("submit")
+@_job_file_options
+@pass_context
+def submit_cmd(obj: Context, job_file: Path, endpoint: str | None, name: str | None) -> None:
+    """Validate JOB_FILE and queue it as a new batch (all of it or nothing)."""
+    sub = obj.run(lambda e: submit(e, job_file, obj.settings, endpoint=endpoint, name=name))
+    _echo_submitted(sub)
+
+
+_concurrency = click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(min=1),
+    show_envvar=True,
+    help="Requests in flight at once [default: runner.toml worker.concurrency, else 16]",
+)
+
+
+@main.command("work")
+@_concurrency
+@click.option(
+    "--burst",
+    is_flag=True,
+    show_envvar=True,
+    help="Exit when nothing is queued or running, instead of waiting for more.",
+)
+@pass_context
+def work_cmd(obj: Context, concurrency: int | None, burst: bool) -> None:
+    """Claim queued runs and execute them until stopped (Ctrl-C: graceful stop)."""
+
+    async def go(engine: AsyncEngine) -> Any:
+        worker = Worker(
+            engine, obj.settings, concurrency=concurrency, burst=burst, handle_signals=True
+        )
+        return await worker.run()
+
+    concurrency_used = concurrency or obj.settings.worker.concurrency
+    stats = obj.run(go, pool_size=max(5, min(concurrency_used // 8, 20)))
+    click.echo(output.worker_summary(stats))
+
+
+@main.command("run")
+@_job_file_options
+@_concurrency
+@pass_context
+def run_cmd(
+    obj: Context, job_file: Path, endpoint: str | None, name: str | None, concurrency: int | None
+) -> None:
+    """Submit JOB_FILE, work its runs until done, and print a summary.
+
+    Exits 1 if any run failed.
+    """
+
+    async def go(engine: AsyncEngine) -> Any:
+        sub = await submit(engine, job_file, obj.settings, endpoint=endpoint, name=name)
+        _echo_submitted(sub)
+        worker = Worker(
+            engine,
+            obj.settings,
+            concurrency=concurrency,
+            burst=True,
+            round_ids=[sub.round_id],
+            handle_signals=True,
+        )
+        await worker.run()
+        async with engine.connect() as conn:
+            return await batch_status(conn, str(sub.batch_id))
+
+    (status,) = obj.run(go)
+    click.echo(output.status_text([status]))
+    last = status.rounds[-1]
+    if last.counts.get("failed", 0) or last.done < last.total:
+        sys.exit(1)
+
+
+@main.command("status")
+@click.argument("batch", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@pass_context
+def status_cmd(obj: Context, batch: str | None, as_json: bool) -> None:
+    """Counts per state, tokens and errors of BATCH (id or name), or of recent batches."""
+
+    async def go(engine: AsyncEngine) -> Any:
+        async with engine.connect() as conn:
+            return await batch_status(conn, batch)
+
+    statuses = obj.run(go)
+    click.echo(output.status_json(statuses) if as_json else output.status_text(statuses))
+
+
+@main.command("show")
+@click.argument("run_or_batch")
+@click.argument("key", required=False)
+@click.option("--round", "round_number", type=int, help="Round number [default: the latest]")
+@click.option("--json", "as_json", is_flag=True, help="Print every stored field as JSON.")
+@pass_context
+def show_cmd(
+    obj: Context, run_or_batch: str, key: str | None, round_number: int | None, as_json: bool
+) -> None:
+    """Show one run: `runner show RUN_ID` or `runner show BATCH KEY [--round N]`."""
+    if key is None and not run_or_batch.isdigit():
+        raise click.UsageError("give a run id, or a batch and a job key")
+
+    async def go(engine: AsyncEngine) -> Any:
+        async with engine.connect() as conn:
+            if key is None:
+                return await run_details(conn, int(run_or_batch))
+            return await run_details(conn, batch=run_or_batch, key=key, round_number=round_number)
+
+    details = obj.run(go)
+    click.echo(json.dumps(details, default=str, indent=2) if as_json else output.run_text(details))
+
+
+# ---------------------------------------------------------------- database
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema management."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", help="Target schema revision.")
+@pass_context
+def db_upgrade(obj: Context, revision: str) -> None:
+    """Create or upgrade the schema (needed once for PostgreSQL and after updates)."""
+    before, after = db.upgrade(obj.settings.database_url, revision)
+    url = db.safe_url(obj.settings.database_url)
+    if before == after:
+        click.echo(f"{url}: schema already at {after}")
+    else:
+        click.echo(f"{url}: schema upgraded from {before or 'empty'} to {after}")
+
+
+@db_group.command("current")
+@pass_context
+def db_current(obj: Context) -> None:
+    """Print the schema revision of the database and the one this version needs."""
+    engine = db.create_sync_engine(obj.settings.database_url)
+    try:
+        with engine.connect() as conn:
+            current = db.current_revision(conn)
+    finally:
+        engine.dispose()
+    click.echo(f"database: {current or 'empty'}\nrequired: {db.head_revision()}")

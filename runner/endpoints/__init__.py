@@ -1,0 +1,58 @@
+"""Where requests go: endpoint clients and the one place provider errors are translated.
+
+Every endpoint, remote or built-in, is driven through the real ``openai`` SDK
+(``AsyncOpenAI(max_retries=0)``: retries are ours, so they go through our attempt
+count). The rest of the code sees only ``Completion`` and ``EndpointError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    """Whether trying again can help."""
+
+    RETRYABLE = "retryable"  # 408, 409, 429 (not insufficient_quota), 5xx, timeouts, bad bodies
+    PERMANENT = "permanent"  # 400, 401, 403, 404, 422, ...: the same request fails again
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A successful chat completion as the endpoint returned it."""
+
+    response: str  # the body exactly as returned
+    outputs: tuple[str | None, ...]  # message content of every choice, in index order
+    finish_reason: str | None
+    model: str | None
+    system_fingerprint: str | None
+    request_id: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    http_status: int
+
+
+class EndpointError(Exception):
+    """A try that did not produce a completion."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        error_type: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.error_type = error_type
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind is ErrorKind.RETRYABLE

@@ -1,0 +1,104 @@
+"""Submitting a job file: all of it in one transaction, or nothing.
+
+Jobs stream from the parser into the database in chunks, so a file of a million
+lines is never held in memory. Any error (parser, duplicate key, database)
+rolls the whole transaction back: no batch row, no jobs, no runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from runner.config import Settings
+from runner.db import queue
+from runner.db.models import RoundTrigger
+from runner.db.types import utcnow
+from runner.errors import JobFileError
+from runner.jobfile import JobFile, find_duplicate, load_job_file
+
+CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class Submitted:
+    batch_id: int
+    name: str
+    job_count: int
+    round_id: int
+    round_number: int
+
+
+def _row(batch_id: int, job: Any) -> dict[str, Any]:
+    return {
+        "batch_id": batch_id,
+        "key": job.key,
+        "endpoint": job.endpoint,
+        "model": job.model,
+        "body": job.body,
+        "request_hash": job.request_hash,
+        "seed": job.seed,
+        "source_line": job.line,
+    }
+
+
+async def _insert(
+    engine: AsyncEngine, job_file: JobFile, settings: Settings, now: datetime
+) -> Submitted:
+    async with engine.begin() as conn:
+        batch_id = await queue.insert_batch(
+            conn,
+            name=job_file.name,
+            source_path=str(job_file.path),
+            source_format=job_file.format,
+            submitted_at=now,
+        )
+        count = 0
+        chunk: list[dict[str, Any]] = []
+        for job in job_file.jobs():
+            chunk.append(_row(batch_id, job))
+            if len(chunk) >= CHUNK:
+                await queue.insert_jobs(conn, chunk)
+                count += len(chunk)
+                chunk = []
+        await queue.insert_jobs(conn, chunk)
+        count += len(chunk)
+        await queue.complete_batch(conn, batch_id, job_count=count, source_sha256=job_file.sha256)
+        round_id, number = await queue.create_round(conn, batch_id, RoundTrigger.SUBMIT, now)
+        max_attempts = job_file.max_attempts or settings.worker.max_attempts
+        await queue.enqueue_round(conn, round_id, batch_id, max_attempts=max_attempts, now=now)
+    return Submitted(batch_id, job_file.name, count, round_id, number)
+
+
+async def submit(
+    engine: AsyncEngine,
+    path: Path,
+    settings: Settings,
+    *,
+    endpoint: str | None = None,
+    name: str | None = None,
+    now: datetime | None = None,
+) -> Submitted:
+    """Validate and store a job file as a batch with its first round of queued runs."""
+    job_file = load_job_file(path, endpoint=endpoint, name=name)
+    settings.endpoint(job_file.endpoint)  # unknown endpoint: fail before writing anything
+    try:
+        return await _insert(engine, job_file, settings, now or utcnow())
+    except IntegrityError:
+        # The only unique key a submit can break is (batch, key): find the line to blame.
+        duplicate = find_duplicate(load_job_file(path, endpoint=endpoint, name=name).jobs())
+        if duplicate is None:
+            raise
+        field = "custom_id" if job_file.format == "openai-batch" else "key"
+        raise JobFileError(
+            str(path),
+            duplicate.line,
+            field,
+            f"duplicate {field} {duplicate.key!r}: every job needs its own"
+            + (" (use a key template with more variables, or repeat)" if field == "key" else ""),
+        ) from None

@@ -1,0 +1,340 @@
+"""The worker: an anyio task group that claims runs, executes them and stores results.
+
+Tasks inside one worker:
+
+* the claim loop (in ``run``): leases runs as request slots free up;
+* one task per claimed run: calls the endpoint, decides success / retry / failure;
+* the writer: stores outcomes in batches, one transaction per batch;
+* the heartbeat: renews leases and notices runs whose lease was lost;
+* the signal watcher (CLI only): first SIGINT/SIGTERM stops gracefully, second at once.
+
+A failing side task (heartbeat, writer) cancels the whole group: the worker stops
+loudly instead of running on as a zombie. Whatever way it stops, runs it still
+holds and did not finish are released back to ``queued``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from runner.config import Settings, WorkerConfig
+from runner.db import queue
+from runner.db.queue import ClaimedRun, Outcome
+from runner.db.types import utcnow
+from runner.endpoints import EndpointError
+from runner.endpoints.client import EndpointPool
+
+log = logging.getLogger("runner.worker")
+
+WRITE_BATCH = 500
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+
+
+def backoff_seconds(attempt: int, config: WorkerConfig, retry_after: float | None) -> float:
+    """Full-jitter exponential backoff, capped, never shorter than the server asked."""
+    ceiling = min(config.backoff_max_seconds, config.backoff_base_seconds * 2 ** (attempt - 1))
+    delay = random.uniform(0, ceiling)
+    return max(delay, retry_after or 0.0)
+
+
+@dataclass
+class WorkerStats:
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    released: int = 0
+    fenced_out: int = 0
+
+
+class Worker:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        *,
+        concurrency: int | None = None,
+        burst: bool = False,
+        round_ids: Sequence[int] | None = None,
+        handle_signals: bool = False,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.config = settings.worker
+        self.concurrency = concurrency or self.config.concurrency
+        self.burst = burst
+        self.round_ids = round_ids
+        self.handle_signals = handle_signals
+        self.clock = clock
+        self.id = worker_id()
+        self.stats = WorkerStats()
+        self._lease = timedelta(seconds=self.config.lease_seconds)
+        self._in_flight: dict[int, tuple[ClaimedRun, anyio.CancelScope]] = {}
+        self._stopping = False
+        self._wakeup = anyio.Event()
+        self._idle = anyio.Event()
+        self._jobs_scope: anyio.CancelScope | None = None
+
+    # ------------------------------------------------------------ control
+
+    def request_stop(self) -> None:
+        """Stop claiming; in-flight requests get the grace period to finish."""
+        if not self._stopping:
+            log.info(
+                "worker %s stopping: no new claims, %d in flight", self.id, len(self._in_flight)
+            )
+        self._stopping = True
+        self._wake()
+
+    def _force_stop(self) -> None:
+        log.warning("worker %s stopping now: releasing %d runs", self.id, len(self._in_flight))
+        self._stopping = True
+        if self._jobs_scope is not None:
+            self._jobs_scope.cancel()
+        self._wake()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+        self._wakeup = anyio.Event()
+
+    # ------------------------------------------------------------ main loop
+
+    async def run(self) -> WorkerStats:
+        send, receive = anyio.create_memory_object_stream[Outcome](self.concurrency * 2)
+        pool = EndpointPool(self.settings.endpoints)
+        try:
+            async with anyio.create_task_group() as side:
+                writer_done = anyio.Event()
+                side.start_soon(self._write_loop, receive, writer_done)
+                side.start_soon(self._heartbeat_loop)
+                if self.handle_signals:
+                    side.start_soon(self._watch_signals)
+                async with send:
+                    try:
+                        await self._claim_and_execute(send, pool)
+                    finally:
+                        await self._release_unfinished()
+                await writer_done.wait()
+                side.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pool.aclose()
+        return self.stats
+
+    async def _claim_and_execute(
+        self, send: MemoryObjectSendStream[Outcome], pool: EndpointPool
+    ) -> None:
+        async with anyio.create_task_group() as jobs:
+            self._jobs_scope = jobs.cancel_scope
+            await self._claim_loop(jobs, send, pool)
+            if self._in_flight:
+                with anyio.move_on_after(self.config.grace_seconds):
+                    while self._in_flight:
+                        self._idle = anyio.Event()
+                        await self._idle.wait()
+            jobs.cancel_scope.cancel()
+
+    async def _claim_loop(
+        self, jobs: TaskGroup, send: MemoryObjectSendStream[Outcome], pool: EndpointPool
+    ) -> None:
+        # Claim in batches, not one run per freed slot: a claim is a write transaction.
+        min_batch = max(1, self.concurrency // 8)
+        while not self._stopping:
+            free = self.concurrency - len(self._in_flight)
+            if free < min(min_batch, self.concurrency):
+                await self._sleep(self.config.poll_seconds)
+                continue
+            claimed = await queue.claim(
+                self.engine,
+                self.id,
+                free,
+                lease=self._lease,
+                now=self.clock(),
+                round_ids=self.round_ids,
+            )
+            for run in claimed:
+                scope = anyio.CancelScope()
+                self._in_flight[run.run_id] = (run, scope)
+                jobs.start_soon(self._execute, run, scope, send, pool)
+            if len(claimed) < free:
+                if self.burst and await self._drained():
+                    log.info("worker %s: nothing left to run", self.id)
+                    return
+                await self._sleep(self.config.poll_seconds)
+
+    async def _drained(self) -> bool:
+        if self._in_flight:
+            return False
+        return await queue.unfinished_count(self.engine, self.round_ids) == 0
+
+    async def _sleep(self, seconds: float) -> None:
+        wakeup = self._wakeup
+        with anyio.move_on_after(seconds):
+            await wakeup.wait()
+
+    async def _release_unfinished(self) -> None:
+        with anyio.CancelScope(shield=True):
+            ids = list(self._in_flight)
+            if ids:
+                count = await queue.release(self.engine, self.id, ids, self.clock())
+                self.stats.released += count
+                log.info("worker %s released %d unfinished runs back to the queue", self.id, count)
+            self._in_flight.clear()
+
+    # ------------------------------------------------------------ one run
+
+    async def _execute(
+        self,
+        run: ClaimedRun,
+        scope: anyio.CancelScope,
+        send: MemoryObjectSendStream[Outcome],
+        pool: EndpointPool,
+    ) -> None:
+        with scope:
+            outcome = await self._attempt(run, pool)
+            await send.send(outcome)
+        # Done, or our own scope was cancelled because the lease was lost (heartbeat):
+        # either way the run is no longer ours to release. A stop cancels the task group
+        # instead, which propagates past this point and leaves the run to be released.
+        self._in_flight.pop(run.run_id, None)
+        if not self._in_flight:
+            self._idle.set()
+        self._wake()
+
+    async def _attempt(self, run: ClaimedRun, pool: EndpointPool) -> Outcome:
+        started_at = self.clock()
+        t0 = time.perf_counter()
+        client = pool.get(run.endpoint)
+        try:
+            completion = await client.chat(run.body)
+        except EndpointError as exc:
+            return self._failure(run, started_at, t0, exc)
+        latency = (time.perf_counter() - t0) * 1000
+        self.stats.succeeded += 1
+        return Outcome(
+            run_id=run.run_id,
+            attempt=run.attempt,
+            started_at=started_at,
+            finished_at=self.clock(),
+            latency_ms=round(latency, 3),
+            outcome="succeeded",
+            http_status=completion.http_status,
+            response=completion.response,
+            output=completion.outputs[0],
+            outputs=json.dumps(list(completion.outputs), ensure_ascii=False),
+            finish_reason=completion.finish_reason,
+            response_model=completion.model,
+            system_fingerprint=completion.system_fingerprint,
+            provider_request_id=completion.request_id,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            total_tokens=completion.total_tokens,
+        )
+
+    def _failure(
+        self, run: ClaimedRun, started_at: datetime, t0: float, exc: EndpointError
+    ) -> Outcome:
+        finished = self.clock()
+        retry = exc.retryable and run.attempt < run.max_attempts
+        retry_at = None
+        if retry:
+            delay = backoff_seconds(run.attempt, self.config, exc.retry_after)
+            retry_at = finished + timedelta(seconds=delay)
+            self.stats.retried += 1
+        else:
+            self.stats.failed += 1
+        message = exc.message
+        if exc.retryable and not retry:
+            message = f"{message} (gave up after {run.attempt} attempts)"
+        log.log(
+            logging.INFO if retry else logging.WARNING,
+            "run %d (batch %d round %d key %s) attempt %d: %s: %s%s",
+            run.run_id,
+            run.batch_id,
+            run.round_number,
+            run.key,
+            run.attempt,
+            exc.error_type,
+            exc.message,
+            f"; retry in {(retry_at - finished).total_seconds():.1f} s" if retry_at else "",
+        )
+        return Outcome(
+            run_id=run.run_id,
+            attempt=run.attempt,
+            started_at=started_at,
+            finished_at=finished,
+            latency_ms=round((time.perf_counter() - t0) * 1000, 3),
+            outcome="retry" if retry else "failed",
+            http_status=exc.status,
+            retry_at=retry_at,
+            error_type=exc.error_type,
+            error_message=message,
+        )
+
+    # ------------------------------------------------------------ side tasks
+
+    async def _write_loop(
+        self, receive: MemoryObjectReceiveStream[Outcome], done: anyio.Event
+    ) -> None:
+        try:
+            async with receive:
+                async for first in receive:
+                    batch = [first]
+                    while len(batch) < WRITE_BATCH:
+                        try:
+                            batch.append(receive.receive_nowait())
+                        except anyio.WouldBlock:
+                            break
+                    with anyio.CancelScope(shield=True):
+                        stale = await queue.record(self.engine, self.id, batch)
+                    if stale:
+                        self.stats.fenced_out += stale
+                        log.warning(
+                            "worker %s: %d results were not stored: their lease had "
+                            "passed to another worker",
+                            self.id,
+                            stale,
+                        )
+        finally:
+            done.set()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.config.heartbeat_seconds)
+            held = await queue.heartbeat(self.engine, self.id, lease=self._lease, now=self.clock())
+            for run_id, (run, scope) in list(self._in_flight.items()):
+                if run_id not in held:
+                    log.warning("run %d (key %s): lease lost, abandoning it", run_id, run.key)
+                    scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not self._stopping:
+                    log.warning(
+                        "%s: finishing in-flight requests (up to %g s); "
+                        "send it again to stop at once",
+                        name,
+                        self.config.grace_seconds,
+                    )
+                    self.request_stop()
+                else:
+                    self._force_stop()

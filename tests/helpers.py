@@ -1,0 +1,41 @@
+"""Small helpers shared by tests (not fixtures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from runner.config import Settings, load_settings
+from runner.submit import Submitted, submit
+
+
+def yaml_job(tmp_path: Path, count: int, *, name: str = "t", extra: str = "") -> Path:
+    """A job file of ``count`` seeded jobs for the local model."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"name: {name}\nmodel: test-model\n"
+        "messages: [{role: user, content: 'Tell me about {topic}.'}]\n"
+        f"vars: {{topic: [{', '.join(f'topic{i}' for i in range(count))}]}}\n"
+        "seed: 42\nparams: {max_tokens: 16, temperature: 0.7}\n" + extra,
+        encoding="utf-8",
+    )
+    return path
+
+
+async def submit_jobs(
+    engine: AsyncEngine, tmp_path: Path, count: int, settings: Settings | None = None, **kw: Any
+) -> Submitted:
+    return await submit(engine, yaml_job(tmp_path, count, **kw), settings or load_settings())
+
+
+async def rows(engine: AsyncEngine, sql: str, **params: Any) -> list[Any]:
+    async with engine.connect() as conn:
+        return list(await conn.execute(text(sql), params))
+
+
+async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
+    async with engine.connect() as conn:
+        return await conn.scalar(text(sql), params)

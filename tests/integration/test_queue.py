@@ -1,0 +1,126 @@
+"""Queue SQL on both backends: claims, leases, fencing, release, retries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from runner.db import engine as db
+from runner.db import queue
+from runner.db.queue import Outcome
+from tests.helpers import rows, scalar, submit_jobs
+
+pytestmark = pytest.mark.anyio
+LEASE = timedelta(seconds=60)
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def success(run: queue.ClaimedRun, now: datetime, text: str = "ok") -> Outcome:
+    return Outcome(
+        run_id=run.run_id, attempt=run.attempt, started_at=now, finished_at=now,
+        latency_ms=1.0, outcome="succeeded", http_status=200, response="{}", output=text,
+        outputs=f'["{text}"]', finish_reason="stop", response_model="m",
+        system_fingerprint=None, prompt_tokens=1, completion_tokens=1, total_tokens=2,
+    )  # fmt: skip
+
+
+async def test_claims_are_disjoint_and_carry_the_job(engine: AsyncEngine, tmp_path: Path) -> None:
+    sub = await submit_jobs(engine, tmp_path, 5)
+    first = await queue.claim(engine, "a", 3, lease=LEASE, now=T0)
+    second = await queue.claim(engine, "b", 3, lease=LEASE, now=T0)
+    assert len(first) == 3 and len(second) == 2
+    assert not {r.run_id for r in first} & {r.run_id for r in second}
+    assert await queue.claim(engine, "c", 3, lease=LEASE, now=T0) == []
+    run = first[0]
+    assert (run.attempt, run.max_attempts, run.batch_id, run.round_number) == (
+        1,
+        5,
+        sub.batch_id,
+        1,
+    )
+    assert run.endpoint == "local" and run.model == "test-model" and '"seed":42' in run.body
+    state = await rows(engine, "SELECT state, lease_owner, attempts FROM runs ORDER BY id")
+    assert [tuple(r) for r in state] == [("running", "a", 1)] * 3 + [("running", "b", 1)] * 2
+
+
+async def test_expired_lease_is_taken_back_and_stale_owner_is_fenced_out(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    await submit_jobs(engine, tmp_path, 1)
+    (old,) = await queue.claim(engine, "old", 1, lease=LEASE, now=T0)
+    # Still leased: nobody else can take it.
+    assert await queue.claim(engine, "new", 1, lease=LEASE, now=T0 + LEASE / 2) == []
+    later = T0 + LEASE + timedelta(seconds=1)
+    (new,) = await queue.claim(engine, "new", 1, lease=LEASE, now=later)
+    assert new.run_id == old.run_id and new.attempt == 2
+    assert await queue.heartbeat(engine, "old", lease=LEASE, now=later) == set()
+    assert await queue.heartbeat(engine, "new", lease=LEASE, now=later) == {new.run_id}
+    # The stale worker's late result is not stored; the owner's is.
+    assert await queue.record(engine, "old", [success(old, later, "stale")]) == 1
+    assert await queue.record(engine, "new", [success(new, later, "fresh")]) == 0
+    (run,) = await rows(engine, "SELECT state, output, attempts, lease_owner FROM runs")
+    assert tuple(run) == ("succeeded", "fresh", 2, None)
+    # Both tries are visible as attempts.
+    attempts = await rows(engine, "SELECT number, worker FROM attempts ORDER BY number")
+    assert [tuple(a) for a in attempts] == [(1, "old"), (2, "new")]
+
+
+async def test_retry_waits_for_available_at_and_release_does_not_count(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    await submit_jobs(engine, tmp_path, 2)
+    a, b = await queue.claim(engine, "w", 2, lease=LEASE, now=T0)
+    retry = Outcome(
+        run_id=a.run_id, attempt=a.attempt, started_at=T0, finished_at=T0, latency_ms=5,
+        outcome="retry", http_status=503, retry_at=T0 + timedelta(seconds=30),
+        error_type="server_error", error_message="busy",
+    )  # fmt: skip
+    assert await queue.record(engine, "w", [retry]) == 0
+    assert await queue.release(engine, "w", [b.run_id], T0) == 1
+    state = await rows(engine, "SELECT id, state, attempts, error_status FROM runs ORDER BY id")
+    assert [tuple(r) for r in state] == [
+        (a.run_id, "queued", 1, 503),
+        (b.run_id, "queued", 0, None),
+    ]
+    (again,) = await queue.claim(engine, "w", 2, lease=LEASE, now=T0 + timedelta(seconds=1))
+    assert again.run_id == b.run_id and again.attempt == 1
+    (retried,) = await queue.claim(engine, "w", 2, lease=LEASE, now=T0 + timedelta(seconds=31))
+    assert retried.run_id == a.run_id and retried.attempt == 2
+
+
+async def test_dead_worker_with_no_attempts_left_fails_the_run(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    await submit_jobs(engine, tmp_path, 1, extra="max_attempts: 1\n")
+    await queue.claim(engine, "dead", 1, lease=LEASE, now=T0)
+    assert await queue.claim(engine, "w", 1, lease=LEASE, now=T0 + 2 * LEASE) == []
+    (run,) = await rows(engine, "SELECT state, error_type FROM runs")
+    assert tuple(run) == ("failed", "lease_expired")
+    assert await queue.unfinished_count(engine) == 0
+
+
+async def test_concurrent_claimers_never_share_a_run(db_url: str, tmp_path: Path) -> None:
+    engines = [db.create_engine_async(db_url) for _ in range(4)]
+    try:
+        await submit_jobs(engines[0], tmp_path, 200)
+        claimed: dict[str, list[int]] = {}
+
+        async def claimer(index: int) -> None:
+            owner = f"w{index}"
+            claimed[owner] = []
+            while batch := await queue.claim(engines[index], owner, 7, lease=LEASE, now=T0):
+                claimed[owner] += [r.run_id for r in batch]
+
+        async with anyio.create_task_group() as tg:
+            for index in range(4):
+                tg.start_soon(claimer, index)
+        all_ids = [i for ids in claimed.values() for i in ids]
+        assert len(all_ids) == 200 and len(set(all_ids)) == 200
+        assert await scalar(engines[0], "SELECT count(*) FROM runs WHERE attempts = 1") == 200
+    finally:
+        for eng in engines:
+            await eng.dispose()
