@@ -300,7 +300,7 @@ class Worker:
                     while len(batch) < WRITE_BATCH:
                         try:
                             batch.append(receive.receive_nowait())
-                        except anyio.WouldBlock:
+                        except (anyio.WouldBlock, anyio.EndOfStream):
                             break
                     with anyio.CancelScope(shield=True):
                         stale = await queue.record(self.engine, self.id, batch)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -39,3 +41,10 @@ async def rows(engine: AsyncEngine, sql: str, **params: Any) -> list[Any]:
 async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
     async with engine.connect() as conn:
         return await conn.scalar(text(sql), params)
+
+
+async def wait_for(condition: Callable[[], bool], limit: float = 10) -> None:
+    """Poll ``condition`` (state owned by another thread or process) until it holds."""
+    with anyio.fail_after(limit):
+        while not condition():  # noqa: ASYNC110 - the state lives outside this event loop
+            await anyio.sleep(0.01)

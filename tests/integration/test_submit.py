@@ -1,0 +1,95 @@
+"""Submitting is all-or-nothing on both backends, with errors naming file, line and field."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from runner.config import load_settings
+from runner.errors import ConfigError, JobFileError
+from runner.submit import submit
+from tests.helpers import rows, scalar, yaml_job
+
+pytestmark = pytest.mark.anyio
+
+
+def batch_file(tmp_path: Path, ids: list[str], bad_line: int | None = None) -> Path:
+    lines = []
+    for number, custom_id in enumerate(ids, start=1):
+        body = {"model": "gpt-4o-mini", "seed": number,
+                "messages": [{"role": "user", "content": f"q{number}"}]}  # fmt: skip
+        if number == bad_line:
+            body["temperature"] = "hot"
+        lines.append(json.dumps({"custom_id": custom_id, "method": "POST",
+                                 "url": "/v1/chat/completions", "body": body}))  # fmt: skip
+    path = tmp_path / "batch.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def assert_nothing_written(engine: AsyncEngine) -> None:
+    for table in ("batches", "jobs", "rounds", "runs"):
+        assert await scalar(engine, f"SELECT count(*) FROM {table}") == 0, table
+
+
+async def test_submit_stores_batch_jobs_round_and_queued_runs(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    path = batch_file(tmp_path, [f"id-{i}" for i in range(4500)])  # > 2 insert chunks
+    sub = await submit(engine, path, load_settings(), endpoint="local")
+    assert (sub.job_count, sub.round_number) == (4500, 1)
+    (batch,) = await rows(
+        engine, "SELECT name, source_sha256, job_count, source_format FROM batches"
+    )
+    assert tuple(batch) == (
+        "batch",
+        hashlib.sha256(path.read_bytes()).hexdigest(),
+        4500,
+        "openai-batch",
+    )
+    (rnd,) = await rows(engine, "SELECT number, trigger FROM rounds")
+    assert tuple(rnd) == (1, "submit")
+    assert await scalar(engine, "SELECT count(*) FROM runs WHERE state = 'queued'") == 4500
+    assert await scalar(engine, "SELECT count(DISTINCT request_hash) FROM jobs") == 4500
+    (job,) = await rows(
+        engine, "SELECT key, seed, source_line, endpoint FROM jobs WHERE key='id-9'"
+    )
+    assert tuple(job) == ("id-9", 10, 10, "local")
+
+
+async def test_bad_line_deep_in_the_file_writes_nothing(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    path = batch_file(tmp_path, [f"id-{i}" for i in range(5000)], bad_line=4999)
+    with pytest.raises(JobFileError) as info:
+        await submit(engine, path, load_settings())
+    assert (info.value.line, info.value.field) == (4999, "body.temperature")
+    await assert_nothing_written(engine)
+
+
+async def test_duplicate_custom_id_names_the_second_line(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    ids = [f"id-{i}" for i in range(3000)] + ["id-7"]
+    with pytest.raises(JobFileError) as info:
+        await submit(engine, batch_file(tmp_path, ids), load_settings())
+    assert (info.value.line, info.value.field) == (3001, "custom_id")
+    assert "duplicate custom_id 'id-7'" in str(info.value)
+    await assert_nothing_written(engine)
+
+
+async def test_duplicate_keys_from_a_yaml_template(engine: AsyncEngine, tmp_path: Path) -> None:
+    path = yaml_job(tmp_path, 3, extra="key: same-{model}\n")
+    with pytest.raises(JobFileError, match=r"t\.yaml:\d+: key: duplicate key 'same-test-model'"):
+        await submit(engine, path, load_settings())
+    await assert_nothing_written(engine)
+
+
+async def test_unknown_endpoint_writes_nothing(engine: AsyncEngine, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown endpoint 'nowhere'"):
+        await submit(engine, yaml_job(tmp_path, 2), load_settings(), endpoint="nowhere")
+    await assert_nothing_written(engine)
