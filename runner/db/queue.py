@@ -22,6 +22,7 @@ from sqlalchemy import and_, bindparam, func, insert, literal, select, true, upd
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runner.db.models import Attempt, Batch, Job, Round, RoundTrigger, Run, RunState
+from runner.db.types import UTCDateTime
 
 # ---------------------------------------------------------------- submit
 
@@ -92,7 +93,7 @@ async def enqueue_round(
         literal(RunState.QUEUED.value),
         literal(0),
         literal(max_attempts),
-        literal(now, type_=Run.__table__.c.available_at.type),
+        literal(now, UTCDateTime()),
     ).where(Job.batch_id == batch_id)
     result = await conn.execute(
         insert(Run).from_select(
@@ -207,7 +208,7 @@ async def claim(
                         lease_owner=owner,
                         lease_expires_at=expires,
                         attempts=Run.attempts + 1,
-                        started_at=func.coalesce(Run.started_at, now),
+                        started_at=func.coalesce(Run.started_at, literal(now, UTCDateTime())),
                     )
                     .returning(*_RETURNING)
                 )
