@@ -139,9 +139,23 @@ async def run_details(
     round_number: int | None = None,
 ) -> dict[str, Any]:
     """Everything stored about one run and its job, as plain values."""
-    query = select(Run, Job, Round.number.label("round_number"), Batch.name.label("batch_name"))
-    query = query.join(Job, Run.job_id == Job.id).join(Round, Run.round_id == Round.id)
-    query = query.join(Batch, Job.batch_id == Batch.id)
+    query = (
+        select(
+            *Run.__table__.columns,
+            Job.batch_id,
+            Batch.name.label("batch_name"),
+            Round.number.label("round_number"),
+            Job.key,
+            Job.endpoint,
+            Job.model,
+            Job.seed,
+            Job.request_hash,
+            Job.body,
+        )
+        .join(Job, Run.job_id == Job.id)
+        .join(Round, Run.round_id == Round.id)
+        .join(Batch, Job.batch_id == Batch.id)
+    )
     if run_id is not None:
         query = query.where(Run.id == run_id)
         what = f"run {run_id}"
@@ -158,19 +172,4 @@ async def run_details(
     row = (await conn.execute(query)).one_or_none()
     if row is None:
         raise NotFoundError(f"no {what}")
-    run, job = row.Run, row.Job
-    details = {c.key: getattr(run, c.key) for c in Run.__table__.columns}
-    details.update(
-        {
-            "batch_id": job.batch_id,
-            "batch_name": row.batch_name,
-            "round_number": row.round_number,
-            "key": job.key,
-            "endpoint": job.endpoint,
-            "model": job.model,
-            "seed": job.seed,
-            "request_hash": job.request_hash,
-            "body": job.body,
-        }
-    )
-    return details
+    return dict(row._mapping)
