@@ -240,6 +240,107 @@ def show_cmd(
     click.echo(json.dumps(details, default=str, indent=2) if as_json else output.run_text(details))
 
 
+# ---------------------------------------------------------------- local model server
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_envvar=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=8000,
+    type=click.IntRange(0, 65535),
+    show_envvar=True,
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--latency-ms",
+    default="0",
+    show_envvar=True,
+    help="Added latency per request: fixed ('200') or a uniform range ('50-200').",
+)
+@click.option(
+    "--rpm",
+    type=click.IntRange(min=1),
+    show_envvar=True,
+    help="Requests per minute before HTTP 429, like OpenAI [default: unlimited]",
+)
+@click.option(
+    "--tpm",
+    type=click.IntRange(min=1),
+    show_envvar=True,
+    help="Tokens per minute (prompt + max_tokens x n) before HTTP 429 [default: unlimited]",
+)
+@click.option(
+    "--fail-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    show_envvar=True,
+    help="Share of requests that fail with one of --faults.",
+)
+@click.option(
+    "--faults",
+    default="500,503,timeout,drop",
+    show_envvar=True,
+    help="Which faults --fail-rate draws from: 500, 503, timeout (hold the request "
+    "--hang-s seconds), drop (close the connection mid-response).",
+)
+@click.option(
+    "--hang-s",
+    default=60.0,
+    type=click.FloatRange(min=0),
+    show_envvar=True,
+    help="How long a 'timeout' fault holds the request.",
+)
+@click.option(
+    "--variant",
+    show_envvar=True,
+    help="Serve a changed model (other outputs and system_fingerprint), "
+    "to simulate a backend update.",
+)
+@click.option(
+    "--seed",
+    default=0,
+    type=int,
+    show_envvar=True,
+    help="Seed of the latency and fault draws, so a fault pattern repeats.",
+)
+def serve_cmd(
+    host: str,
+    port: int,
+    latency_ms: str,
+    rpm: int | None,
+    tpm: int | None,
+    fail_rate: float,
+    faults: str,
+    hang_s: float,
+    variant: str | None,
+    seed: int,
+) -> None:
+    """Serve the built-in local model over HTTP (OpenAI chat completions, embeddings, models).
+
+    Any OpenAI client can use it: base URL http://HOST:PORT/v1, any API key.
+    """
+    from runner.localmodel.server import ServerOptions, run_server
+
+    try:
+        options = ServerOptions(
+            host=host,
+            port=port,
+            latency_ms=latency_ms,
+            rpm=rpm,
+            tpm=tpm,
+            fail_rate=fail_rate,
+            faults=tuple(f.strip() for f in faults.split(",") if f.strip()),
+            hang_s=hang_s,
+            variant=variant,
+            seed=seed,
+            log_level="warning",
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    run_server(options)
+
+
 # ---------------------------------------------------------------- database
 
 

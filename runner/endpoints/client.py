@@ -23,7 +23,6 @@ from runner.endpoints import Completion, EndpointError, ErrorKind
 from runner.errors import ConfigError
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
-LOCAL_BASE_URL = "http://local.invalid/v1"
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -126,8 +125,8 @@ class EndpointClient:
         self.config = config
         env = os.environ if env is None else env
         if config.type == "local":
-            from runner.localmodel.service import LocalModelService
-            from runner.localmodel.transport import LocalTransport
+            from runner.localmodel import LocalModelService
+            from runner.localmodel.transport import LOCAL_BASE_URL, LocalTransport
 
             api_key = "local"
             base_url = LOCAL_BASE_URL

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import openai
 
 from tests.fakeserver import Reply, completion, fake_server
 
@@ -147,3 +150,46 @@ def test_postgres_needs_db_upgrade_then_runs(tmp_path: Path, empty_db_url: str) 
     assert first.returncode == 0, first.stderr
     status = run("--db", empty_db_url, "status", "quickstart", cwd=tmp_path)
     assert "6/6 done: 6 succeeded" in status.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_answers_any_openai_client_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*RUNNER, "serve", "--port", str(port), "--variant", "v2"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                models = client.models.list()
+                break
+            except openai.APIConnectionError:
+                assert time.monotonic() < deadline, "runner serve did not start"
+                time.sleep(0.1)
+        assert [m.id for m in models.data] == ["seed-runner-local"]
+        body = {"messages": [{"role": "user", "content": "Tell me about Mars."}], "seed": 3}
+        first = client.chat.completions.create(model="any", **body)
+        again = client.chat.completions.create(model="any", **body)
+        assert first.choices[0].message.content == again.choices[0].message.content
+        assert first.model == "any" and first.system_fingerprint.startswith("fp_")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"at http://127.0.0.1:{port}/v1" in err
+
+
+def test_serve_rejects_bad_flags(tmp_path: Path) -> None:
+    result = run("serve", "--latency-ms", "fast", cwd=tmp_path)
+    assert result.returncode == 2 and "latency" in result.stderr

@@ -1,0 +1,372 @@
+"""The local endpoint's protocol core: OpenAI-shaped requests in, OpenAI-shaped bytes out.
+
+This module owns routing, request seeding, response shapes and error bodies, independent
+of any transport: the in-process ``httpx2`` transport and the Starlette server both call
+:meth:`LocalModelService.handle` with a method, a path and the raw body.
+
+Routes (with or without the ``/v1`` prefix): ``POST /v1/chat/completions``,
+``POST /v1/embeddings``, ``GET /v1/models`` and ``GET /v1/models/{id}``. Other paths get 404,
+other methods 405, bad bodies 400, all as ``{"error": {"message", "type", "param", "code"}}``.
+
+Seeding. Each choice draws from its own ``random.Random``. With a ``seed``, choice ``i``'s
+generator comes from SHA-256 over ``"v1:"``, the model's fingerprint digest, the canonical
+JSON of everything that changes which tokens are drawn (seed, messages, temperature, top_p,
+presence and frequency penalties) and ``i``. Fields that only cut or annotate the text
+(``max_tokens``, ``stop``, ``n``, ``logprobs``, ``response_format``, ``model``) stay out, so a
+smaller ``max_tokens`` returns a prefix of the longer answer and choice 0 is the same for
+any ``n``. Without a seed the base comes from ``secrets``, so every call differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from runner.localmodel.embeddings import embed, encode_base64
+from runner.localmodel.model import (
+    Generation,
+    LanguageModel,
+    SamplingParams,
+    TokenLogprob,
+    load_model,
+)
+from runner.localmodel.params import (
+    ChatRequest,
+    EmbeddingRequest,
+    RequestError,
+    parse_chat_request,
+    parse_embedding_request,
+)
+from runner.localmodel.tokenizer import count_tokens, tokenize
+
+__all__ = [
+    "CONTEXT_WINDOW",
+    "DEFAULT_TOKEN_ESTIMATE",
+    "MODEL_ID",
+    "LocalModelService",
+    "LocalResponse",
+    "error_body",
+]
+
+MODEL_ID = "seed-runner-local"
+MODEL_CREATED = 1767225600  # 2026-01-01T00:00:00Z, the model's nominal release
+CONTEXT_WINDOW = 32768
+DEFAULT_TOKEN_ESTIMATE = 256  # completion tokens assumed for rate limits without max_tokens
+SEED_PREFIX = b"v1:"
+
+# json_object mode wraps the text as {"text": "..."}; these format tokens count as output.
+_JSON_PREFIX = tuple(tokenize('{"text": "'))
+_JSON_SUFFIX = tuple(tokenize('"}'))
+
+
+@dataclass(frozen=True)
+class LocalResponse:
+    """An HTTP response, ready for any transport."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def error_body(
+    message: str,
+    type_: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> bytes:
+    """OpenAI's error envelope as JSON bytes."""
+    error = {"message": message, "type": type_, "param": param, "code": code}
+    return json.dumps({"error": error}).encode()
+
+
+class _MethodNotAllowed(RequestError):
+    def __init__(self, message: str, *, status: int, code: str, allowed: str) -> None:
+        super().__init__(message, status=status, code=code)
+        self.allowed = allowed
+
+
+def _route(path: str) -> str:
+    path = path.split("?", 1)[0].rstrip("/")
+    if path == "/v1" or path.startswith("/v1/"):
+        path = path[3:]
+    return path or "/"
+
+
+def _prompt_tokens(request: ChatRequest) -> int:
+    """Chat-format count: 3 per message plus its content (and name), 3 to prime the reply."""
+    total = 3
+    for message in request.messages:
+        total += 3 + count_tokens(message.content)
+        if message.name:
+            total += 1 + count_tokens(message.name)
+    return total
+
+
+class LocalModelService:
+    """The built-in model behind an OpenAI-compatible request/response interface."""
+
+    def __init__(self, variant: str | None = None) -> None:
+        self._variant = variant
+        self._model: LanguageModel = load_model(variant)
+
+    @property
+    def variant(self) -> str | None:
+        return self._variant
+
+    @property
+    def model(self) -> LanguageModel:
+        return self._model
+
+    @property
+    def system_fingerprint(self) -> str:
+        """``fp_`` + 10 hex digits of the hash of corpus, hyperparameters and sampler version."""
+        return "fp_" + self._model.fingerprint_digest[:10]
+
+    def handle(self, method: str, path: str, body: bytes) -> LocalResponse:
+        """Answer one HTTP request; never raises."""
+        method, route = method.upper(), _route(path)
+        try:
+            if route == "/chat/completions":
+                self._require(method, "POST", path)
+                return self._ok(self._chat(parse_chat_request(_decode(body))))
+            if route == "/embeddings":
+                self._require(method, "POST", path)
+                return self._ok(self._embeddings(parse_embedding_request(_decode(body))))
+            if route == "/models":
+                self._require(method, "GET", path)
+                return self._ok({"object": "list", "data": [self._model_card()]})
+            if route.startswith("/models/") and route.count("/") == 2:
+                self._require(method, "GET", path)
+                return self._ok(self._retrieve_model(route.removeprefix("/models/")))
+            raise RequestError(f"Invalid URL ({method} {path})", status=404)
+        except RequestError as exc:
+            return self._error(exc)
+        except Exception as exc:  # a bug must still answer like a server, not crash it
+            return self._error(
+                RequestError(f"The server had an error: {exc!r}", status=500, type_="server_error")
+            )
+
+    def estimate_tokens(self, method: str, path: str, body: bytes) -> int:
+        """Tokens a rate limiter charges up front: prompt + max_tokens (or a default) x n."""
+        try:
+            decoded = _decode(body)
+            route = _route(path)
+            if route == "/chat/completions":
+                request = parse_chat_request(decoded)
+                limit = request.max_tokens if request.max_tokens_given else DEFAULT_TOKEN_ESTIMATE
+                return _prompt_tokens(request) + limit * request.n
+            if route == "/embeddings":
+                embedding = parse_embedding_request(decoded)
+                return sum(count_tokens(text) for text in embedding.inputs)
+        except RequestError:
+            pass
+        return 0
+
+    @staticmethod
+    def _require(method: str, allowed: str, path: str) -> None:
+        if method != allowed:
+            raise _MethodNotAllowed(
+                f"Method {method} is not allowed for {path}; use {allowed}.",
+                status=405,
+                code="method_not_allowed",
+                allowed=allowed,
+            )
+
+    def _headers(self) -> dict[str, str]:
+        return {
+            "content-type": "application/json",
+            "x-request-id": "req_" + secrets.token_hex(16),
+            "openai-model": MODEL_ID,
+        }
+
+    def _ok(self, payload: dict[str, Any]) -> LocalResponse:
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        return LocalResponse(200, self._headers(), body)
+
+    def _error(self, exc: RequestError) -> LocalResponse:
+        headers = self._headers()
+        if isinstance(exc, _MethodNotAllowed):
+            headers["allow"] = exc.allowed
+        body = error_body(exc.message, exc.type, exc.param, exc.code)
+        return LocalResponse(exc.status, headers, body)
+
+    def _model_card(self) -> dict[str, Any]:
+        return {
+            "id": MODEL_ID,
+            "object": "model",
+            "created": MODEL_CREATED,
+            "owned_by": "seed-runner",
+        }
+
+    def _retrieve_model(self, model_id: str) -> dict[str, Any]:
+        if model_id != MODEL_ID:
+            raise RequestError(
+                f"The model '{model_id}' does not exist.",
+                "model",
+                status=404,
+                code="model_not_found",
+            )
+        return self._model_card()
+
+    def choice_rngs(self, request: ChatRequest) -> list[random.Random]:
+        """One generator per choice, as the module docstring describes."""
+        if request.seed is None:
+            base = secrets.token_bytes(32)
+        else:
+            canonical = json.dumps(
+                {
+                    "seed": request.seed,
+                    "messages": [[m.role, m.content, m.name] for m in request.messages],
+                    "temperature": request.temperature,
+                    "top_p": request.top_p,
+                    "presence_penalty": request.presence_penalty,
+                    "frequency_penalty": request.frequency_penalty,
+                },
+                sort_keys=True,
+                separators=(",", ":"),
+                ensure_ascii=False,
+            )
+            material = SEED_PREFIX + self._model.fingerprint_digest.encode() + canonical.encode()
+            base = hashlib.sha256(material).digest()
+        return [
+            random.Random(
+                int.from_bytes(hashlib.sha256(base + index.to_bytes(4, "big")).digest(), "big")
+            )
+            for index in range(request.n)
+        ]
+
+    def _chat(self, request: ChatRequest) -> dict[str, Any]:
+        prompt_tokens = _prompt_tokens(request)
+        requested = prompt_tokens + (request.max_tokens if request.max_tokens_given else 0)
+        if requested > CONTEXT_WINDOW:
+            raise RequestError(
+                f"This model's maximum context length is {CONTEXT_WINDOW} tokens. However, you "
+                f"requested {requested} tokens ({prompt_tokens} in the messages). Please reduce "
+                "the length of the messages or completion.",
+                "messages",
+                code="context_length_exceeded",
+            )
+        json_mode = request.response_format == "json_object"
+        wrapper = len(_JSON_PREFIX) + len(_JSON_SUFFIX) if json_mode else 0
+        sampling = SamplingParams(
+            temperature=request.temperature,
+            top_p=request.top_p,
+            max_tokens=max(request.max_tokens - wrapper, 0),
+            stop=request.stop,
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+            top_logprobs=request.top_logprobs,
+        )
+        choices, completion_tokens = [], 0
+        for index, rng in enumerate(self.choice_rngs(request)):
+            generation = self._model.generate(request.prompt, sampling, rng)
+            completion_tokens += generation.completion_tokens + wrapper
+            choices.append(_choice(index, generation, json_mode, request.top_logprobs or 0))
+        return {
+            "id": "chatcmpl-" + secrets.token_hex(12),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.model,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                "completion_tokens_details": {
+                    "reasoning_tokens": 0,
+                    "audio_tokens": 0,
+                    "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0,
+                },
+            },
+            "service_tier": "default",
+            "system_fingerprint": self.system_fingerprint,
+        }
+
+    def _embeddings(self, request: EmbeddingRequest) -> dict[str, Any]:
+        data = []
+        for index, text in enumerate(request.inputs):
+            vector = embed(text, request.dimensions)
+            encoded: list[float] | str = (
+                encode_base64(vector) if request.encoding_format == "base64" else vector
+            )
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        tokens = sum(count_tokens(text) for text in request.inputs)
+        return {
+            "object": "list",
+            "data": data,
+            "model": request.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+
+def _decode(body: bytes) -> object:
+    def reject_constant(name: str) -> object:
+        raise ValueError(f"{name} is not valid JSON")
+
+    try:
+        return json.loads(body, parse_constant=reject_constant)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError(
+            "We could not parse the JSON body of your request. The OpenAI-compatible API "
+            "expects a JSON payload; send the body as application/json."
+        ) from None
+
+
+def _json_escape(token: str) -> str:
+    return json.dumps(token, ensure_ascii=False)[1:-1]
+
+
+def _logprob_entry(
+    token: str, logprob: float, top: tuple[tuple[str, float], ...]
+) -> dict[str, Any]:
+    return {
+        "token": token,
+        "logprob": logprob,
+        "bytes": list(token.encode()),
+        "top_logprobs": [
+            {"token": alt, "logprob": alt_logprob, "bytes": list(alt.encode())}
+            for alt, alt_logprob in top
+        ],
+    }
+
+
+def _logprobs(entries: tuple[TokenLogprob, ...], json_mode: bool, k: int) -> list[dict[str, Any]]:
+    if not json_mode:
+        return [_logprob_entry(e.token, e.logprob, e.top) for e in entries]
+
+    def forced(token: str) -> dict[str, Any]:
+        # Format tokens are fixed by the response format: probability 1.
+        return _logprob_entry(token, 0.0, ((token, 0.0),) if k else ())
+
+    escaped = [
+        _logprob_entry(
+            _json_escape(e.token), e.logprob, tuple((_json_escape(t), lp) for t, lp in e.top)
+        )
+        for e in entries
+    ]
+    return [forced(t) for t in _JSON_PREFIX] + escaped + [forced(t) for t in _JSON_SUFFIX]
+
+
+def _choice(index: int, generation: Generation, json_mode: bool, k: int) -> dict[str, Any]:
+    content = generation.text
+    if json_mode:
+        content = "".join(_JSON_PREFIX) + _json_escape(content) + "".join(_JSON_SUFFIX)
+    logprobs = None
+    if generation.logprobs is not None:
+        logprobs = {
+            "content": _logprobs(generation.logprobs, json_mode, k),
+            "refusal": None,
+        }
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": content, "refusal": None, "annotations": []},
+        "logprobs": logprobs,
+        "finish_reason": generation.finish_reason,
+    }
