@@ -11,7 +11,7 @@ from runner.db import engine as db
 from runner.db.models import Base
 from runner.errors import DatabaseError
 
-TABLES = {"batches", "jobs", "rounds", "runs", "attempts", "alembic_version"}
+TABLES = {"batches", "jobs", "rounds", "runs", "attempts", "workers", "alembic_version"}
 
 
 def test_upgrade_head_then_models_match_migrations(empty_db_url: str) -> None:
