@@ -38,6 +38,22 @@ class EndpointConfig:
     timeout: float = 120.0
     # The built-in local model: which model variant answers (None = the default model).
     variant: str | None = None
+    # Rate limits of the whole endpoint (one API key), shared by all live workers.
+    # None = not configured: the worker learns them from x-ratelimit-* headers.
+    rpm: int | None = None
+    tpm: int | None = None
+    # Requests in flight at once to this endpoint, per worker (None = no cap).
+    max_concurrency: int | None = None
+    # Models with limits of their own (OpenAI limits each model separately).
+    models: Mapping[str, ModelLimits] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """Rate limits of one model on an endpoint."""
+
+    rpm: int | None = None
+    tpm: int | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,34 @@ def _number(value: Any, where: str, *, minimum: float, integer: bool = False) ->
     return value
 
 
+ENDPOINT_KEYS = {
+    "type",
+    "base_url",
+    "api_key_env",
+    "timeout",
+    "variant",
+    "rpm",
+    "tpm",
+    "max_concurrency",
+    "models",
+}
+
+
+def _parse_models(raw: Any, where: str) -> dict[str, ModelLimits]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a table of models")
+    models = {}
+    for model, limits in raw.items():
+        at = f"{where}.{model}"
+        if not isinstance(limits, Mapping):
+            raise ConfigError(f"{at}: must be a table with rpm and/or tpm")
+        _check_keys(limits, {"rpm", "tpm"}, at)
+        models[str(model)] = ModelLimits(
+            **{k: _number(v, f"{at}.{k}", minimum=1, integer=True) for k, v in limits.items()}
+        )
+    return models
+
+
 def _parse_endpoint(name: str, raw: Any, where: str, base: EndpointConfig | None) -> EndpointConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: must be a table")
@@ -118,7 +162,7 @@ def _parse_endpoint(name: str, raw: Any, where: str, base: EndpointConfig | None
             f"{where}: api_key is not accepted; put the key in an environment variable "
             "and name it with api_key_env"
         )
-    _check_keys(raw, {"type", "base_url", "api_key_env", "timeout", "variant"}, where)
+    _check_keys(raw, ENDPOINT_KEYS, where)
     etype = raw.get("type", base.type if base else "openai")
     if etype not in ("openai", "local"):
         raise ConfigError(f"{where}.type: must be 'openai' or 'local', got {etype!r}")
@@ -130,6 +174,11 @@ def _parse_endpoint(name: str, raw: Any, where: str, base: EndpointConfig | None
             values[key] = raw[key]
     if "timeout" in raw:
         values["timeout"] = float(_number(raw["timeout"], f"{where}.timeout", minimum=0.001))
+    for key in ("rpm", "tpm", "max_concurrency"):
+        if key in raw:
+            values[key] = _number(raw[key], f"{where}.{key}", minimum=1, integer=True)
+    if "models" in raw:
+        values["models"] = _parse_models(raw["models"], f"{where}.models")
     if etype == "openai" and not values.get("base_url") and not (base and base.base_url):
         raise ConfigError(f"{where}.base_url: required for an 'openai' endpoint")
     start = base if base and base.type == etype else EndpointConfig(name=name, type=etype)

@@ -5,7 +5,9 @@ Tasks inside one worker:
 * the claim loop (in ``run``): leases runs as request slots free up;
 * one task per claimed run: calls the endpoint, decides success / retry / failure;
 * the writer: stores outcomes in batches, one transaction per batch;
-* the heartbeat: renews leases and notices runs whose lease was lost;
+* the heartbeat: renews leases, notices runs whose lease was lost, and renews this
+  worker's registration (the live-worker count sets each worker's share of the
+  endpoints' rate limits);
 * the signal watcher (CLI only): first SIGINT/SIGTERM stops gracefully, second at once.
 
 A failing side task (heartbeat, writer) cancels the whole group: the worker stops
@@ -17,13 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import signal
 import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import anyio
@@ -37,10 +40,13 @@ from runner.db.queue import ClaimedRun, Outcome
 from runner.db.types import utcnow
 from runner.endpoints import EndpointError
 from runner.endpoints.client import EndpointPool
+from runner.ratelimit import Limits, estimate_tokens
 
 log = logging.getLogger("runner.worker")
 
 WRITE_BATCH = 500
+AUTH_FAILURES_TO_GIVE_UP = 3  # 401s in a row before a worker stops claiming for an endpoint
+REGISTRY_SECONDS = 5.0  # at most this long before a worker notices others join or leave
 
 
 def worker_id() -> str:
@@ -61,6 +67,9 @@ class WorkerStats:
     retried: int = 0
     released: int = 0
     fenced_out: int = 0
+    rate_limited: int = 0
+    # endpoint -> why this worker stopped claiming its runs
+    disabled_endpoints: dict[str, str] = field(default_factory=dict)
 
 
 class Worker:
@@ -91,6 +100,8 @@ class Worker:
         self._wakeup = anyio.Event()
         self._idle = anyio.Event()
         self._jobs_scope: anyio.CancelScope | None = None
+        self.limits = Limits(settings.endpoints)
+        self._auth_failures: dict[str, int] = {}
 
     # ------------------------------------------------------------ control
 
@@ -119,6 +130,14 @@ class Worker:
     async def run(self) -> WorkerStats:
         send, receive = anyio.create_memory_object_stream[Outcome](self.concurrency * 2)
         pool = EndpointPool(self.settings.endpoints)
+        await queue.register_worker(
+            self.engine,
+            self.id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            concurrency=self.concurrency,
+            now=self.clock(),
+        )
         try:
             async with anyio.create_task_group() as side:
                 writer_done = anyio.Event()
@@ -136,6 +155,8 @@ class Worker:
         finally:
             with anyio.CancelScope(shield=True):
                 await pool.aclose()
+                await queue.unregister_worker(self.engine, self.id)
+        self.stats.rate_limited = sum(limiter.rate_limited for limiter in self.limits.all())
         return self.stats
 
     async def _claim_and_execute(
@@ -168,6 +189,7 @@ class Worker:
                 lease=self._lease,
                 now=self.clock(),
                 round_ids=self.round_ids,
+                exclude_endpoints=list(self.stats.disabled_endpoints),
             )
             for run in claimed:
                 scope = anyio.CancelScope()
@@ -182,7 +204,10 @@ class Worker:
     async def _drained(self) -> bool:
         if self._in_flight:
             return False
-        return await queue.unfinished_count(self.engine, self.round_ids) == 0
+        left = await queue.unfinished_count(
+            self.engine, self.round_ids, list(self.stats.disabled_endpoints)
+        )
+        return left == 0
 
     async def _sleep(self, seconds: float) -> None:
         wakeup = self._wakeup
@@ -209,7 +234,13 @@ class Worker:
     ) -> None:
         with scope:
             outcome = await self._attempt(run, pool)
-            await send.send(outcome)
+            if outcome is None:  # its endpoint was given up on while it waited
+                with anyio.CancelScope(shield=True):
+                    self.stats.released += await queue.release(
+                        self.engine, self.id, [run.run_id], self.clock()
+                    )
+            else:
+                await send.send(outcome)
         # Done, or our own scope was cancelled because the lease was lost (heartbeat):
         # either way the run is no longer ours to release. A stop cancels the task group
         # instead, which propagates past this point and leaves the run to be released.
@@ -218,14 +249,26 @@ class Worker:
             self._idle.set()
         self._wake()
 
-    async def _attempt(self, run: ClaimedRun, pool: EndpointPool) -> Outcome:
-        started_at = self.clock()
-        t0 = time.perf_counter()
+    async def _attempt(self, run: ClaimedRun, pool: EndpointPool) -> Outcome | None:
+        """One try of a run under its endpoint's limits; None if the endpoint was given up."""
+        payload = json.loads(run.body)
+        limiter = self.limits.get(run.endpoint, run.model)
         client = pool.get(run.endpoint)
-        try:
-            completion = await client.chat(run.body)
-        except EndpointError as exc:
-            return self._failure(run, started_at, t0, exc)
+        async with limiter.permit(estimate_tokens(payload)) as permit:
+            if run.endpoint in self.stats.disabled_endpoints:
+                return None
+            started_at = self.clock()
+            t0 = time.perf_counter()
+            try:
+                completion = await client.chat(payload)
+            except EndpointError as exc:
+                permit.settle(None, exc.rate_limits)
+                if exc.status == 429 and exc.retryable:
+                    limiter.pause(self._pause_for(exc))
+                self._count_auth_failure(run.endpoint, exc)
+                return self._failure(run, started_at, t0, exc)
+            permit.settle(completion.total_tokens, completion.rate_limits)
+        self._auth_failures.pop(run.endpoint, None)
         latency = (time.perf_counter() - t0) * 1000
         self.stats.succeeded += 1
         return Outcome(
@@ -247,6 +290,29 @@ class Worker:
             completion_tokens=completion.completion_tokens,
             total_tokens=completion.total_tokens,
         )
+
+    @staticmethod
+    def _pause_for(exc: EndpointError) -> float:
+        """How long a 429 pauses its endpoint: what the server asked, else its reset time."""
+        if exc.retry_after is not None:
+            return exc.retry_after
+        info = exc.rate_limits
+        resets = [r for r in (info.reset_requests, info.reset_tokens) if r] if info else []
+        return min(resets) if resets else 1.0
+
+    def _count_auth_failure(self, endpoint: str, exc: EndpointError) -> None:
+        """An invalid key must not burn through a batch: give up after a few 401s in a row."""
+        if exc.status != 401:
+            self._auth_failures.pop(endpoint, None)
+            return
+        count = self._auth_failures[endpoint] = self._auth_failures.get(endpoint, 0) + 1
+        if count >= AUTH_FAILURES_TO_GIVE_UP and endpoint not in self.stats.disabled_endpoints:
+            why = (
+                f"{count} requests in a row were refused with HTTP 401 ({exc.message}); "
+                "check the endpoint's API key, then run `runner work` again"
+            )
+            self.stats.disabled_endpoints[endpoint] = why
+            log.error("endpoint %s: not claiming its runs any more: %s", endpoint, why)
 
     def _failure(
         self, run: ClaimedRun, started_at: datetime, t0: float, exc: EndpointError
@@ -284,6 +350,7 @@ class Worker:
             outcome="retry" if retry else "failed",
             http_status=exc.status,
             retry_at=retry_at,
+            retry_after_ms=None if exc.retry_after is None else round(exc.retry_after * 1000, 3),
             error_type=exc.error_type,
             error_message=message,
         )
@@ -316,8 +383,18 @@ class Worker:
             done.set()
 
     async def _heartbeat_loop(self) -> None:
+        interval = min(self.config.heartbeat_seconds, REGISTRY_SECONDS)
+        alive_within = timedelta(seconds=3 * interval)
+        last_lease_renewal = time.monotonic()
         while True:
-            await anyio.sleep(self.config.heartbeat_seconds)
+            await anyio.sleep(interval)
+            live = await queue.worker_heartbeat(
+                self.engine, self.id, now=self.clock(), alive_within=alive_within
+            )
+            self.limits.set_share(1 / live)
+            if time.monotonic() - last_lease_renewal < self.config.heartbeat_seconds * 0.99:
+                continue
+            last_lease_renewal = time.monotonic()
             held = await queue.heartbeat(self.engine, self.id, lease=self._lease, now=self.clock())
             for run_id, (run, scope) in list(self._in_flight.items()):
                 if run_id not in held:

@@ -1,4 +1,4 @@
-"""workers: live worker registry, for sharing rate limits between workers
+"""workers registry (shared rate limits); attempts record the retry a server asked for
 
 Revision ID: 0002
 Revises: 0001
@@ -31,7 +31,13 @@ def upgrade() -> None:
         sa.Column("heartbeat_at", UTC_TIME, nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
+    with op.batch_alter_table("attempts") as batch:
+        batch.add_column(sa.Column("retry_after_ms", sa.Float(), nullable=True))
+        batch.add_column(sa.Column("retry_at", UTC_TIME, nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("attempts") as batch:
+        batch.drop_column("retry_at")
+        batch.drop_column("retry_after_ms")
     op.drop_table("workers")

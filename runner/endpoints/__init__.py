@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from runner.ratelimit import RateLimitInfo
+
 
 class ErrorKind(StrEnum):
     """Whether trying again can help."""
@@ -32,6 +34,7 @@ class Completion:
     completion_tokens: int | None
     total_tokens: int | None
     http_status: int
+    rate_limits: RateLimitInfo | None = None  # what the x-ratelimit-* headers said
 
 
 class EndpointError(Exception):
@@ -45,13 +48,15 @@ class EndpointError(Exception):
         *,
         status: int | None = None,
         retry_after: float | None = None,
+        rate_limits: RateLimitInfo | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
         self.error_type = error_type
         self.message = message
         self.status = status
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # seconds the server asked us to wait
+        self.rate_limits = rate_limits
 
     @property
     def retryable(self) -> bool:

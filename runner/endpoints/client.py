@@ -21,6 +21,7 @@ from openai.types.chat import ChatCompletion
 from runner.config import EndpointConfig
 from runner.endpoints import Completion, EndpointError, ErrorKind
 from runner.errors import ConfigError
+from runner.ratelimit import RateLimitInfo
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 
@@ -72,13 +73,18 @@ def _status_error(exc: openai.APIStatusError, redact: Redactor) -> EndpointError
             f"out of quota: {text} (check the plan and billing of this API key)",
             status=status,
         )
-    retryable = status in RETRYABLE_STATUS or status >= 500
+    headers = exc.response.headers
+    # x-should-retry: false is the server saying this exact request can never pass.
+    retryable = (status in RETRYABLE_STATUS or status >= 500) and (
+        headers.get("x-should-retry", "").lower() != "false"
+    )
     return EndpointError(
         ErrorKind.RETRYABLE if retryable else ErrorKind.PERMANENT,
         str(code or etype or f"http_{status}"),
         text,
         status=status,
-        retry_after=parse_retry_after(exc.response.headers),
+        retry_after=parse_retry_after(headers),
+        rate_limits=RateLimitInfo.from_headers(headers),
     )
 
 
@@ -94,6 +100,7 @@ def _completion(raw: Any) -> Completion:
             "invalid_response",
             f"the endpoint returned a body that is not a chat completion: {exc}"[:500],
             status=http.status_code,
+            rate_limits=RateLimitInfo.from_headers(http.headers),
         ) from exc
     if not isinstance(data, dict) or not parsed.choices:
         raise EndpointError(
@@ -115,6 +122,7 @@ def _completion(raw: Any) -> Completion:
         completion_tokens=usage.completion_tokens if usage else None,
         total_tokens=usage.total_tokens if usage else None,
         http_status=http.status_code,
+        rate_limits=RateLimitInfo.from_headers(http.headers),
     )
 
 
@@ -144,7 +152,7 @@ class EndpointClient:
             base_url = config.base_url or ""
             http_client = httpx2.AsyncClient(
                 timeout=config.timeout,
-                limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100),
+                limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=1000),
             )
         self._redact = Redactor(api_key)
         self._client = openai.AsyncOpenAI(
@@ -155,9 +163,9 @@ class EndpointClient:
             http_client=http_client,
         )
 
-    async def chat(self, body: str) -> Completion:
+    async def chat(self, body: Mapping[str, Any]) -> Completion:
         """Send one stored request body; raise ``EndpointError`` on any failure."""
-        payload = json.loads(body)
+        payload = dict(body)
         model = payload.pop("model")
         messages = payload.pop("messages")
         try:

@@ -45,7 +45,7 @@ __all__ = [
     "running_server",
 ]
 
-FAULT_KINDS = ("500", "503", "timeout", "drop")
+FAULT_KINDS = ("429", "500", "503", "timeout", "drop")
 _OFFLOAD_TOKENS = 4096  # requests estimated above this run in a worker thread
 _DROP_MESSAGE = "ASGI callable returned without completing response."
 
@@ -221,7 +221,17 @@ class _DropFilter(logging.Filter):
 _DROP_FILTER = _DropFilter()
 
 
-def _fault_response(kind: str, hang_s: float) -> Response:
+def _fault_response(kind: str, hang_s: float, rng: random.Random) -> Response:
+    if kind == "429":
+        # A spurious rate limit, as busy providers send even under the limit.
+        wait = rng.uniform(0.1, 1.0)
+        message = f"Rate limit reached for {MODEL_ID}. Please try again in {_duration(wait)}."
+        headers = {
+            "retry-after": str(max(math.ceil(wait), 1)),
+            "retry-after-ms": str(math.ceil(wait * 1000)),
+        }
+        body = error_body(message, "requests", None, "rate_limit_exceeded")
+        return Response(body, status_code=429, headers=headers)
     if kind == "500":
         message = "The server had an error while processing your request. Sorry about that!"
         return Response(error_body(message, "server_error"), status_code=500)
@@ -255,7 +265,7 @@ def create_app(options: ServerOptions, service: LocalModelService | None = None)
             await anyio.sleep(delay_ms / 1000)
         if options.fail_rate > 0 and fault_rng.random() < options.fail_rate:
             kind = options.faults[fault_rng.randrange(len(options.faults))]
-            response = _fault_response(kind, options.hang_s)
+            response = _fault_response(kind, options.hang_s, fault_rng)
         else:
             if tokens > _OFFLOAD_TOKENS:
                 answer = await anyio.to_thread.run_sync(service.handle, method, path, body)

@@ -249,3 +249,17 @@ def test_run_server_serves_until_interrupted() -> None:
             process.communicate()
     assert process.returncode == 0, stderr
     assert f"127.0.0.1:{port}/v1" in stderr and "fp_" in stderr
+
+
+async def test_429_fault_is_a_rate_limit_with_retry_after(
+    service: LocalModelService, make_http_client: ClientFactory
+) -> None:
+    with running_server(options(fail_rate=1.0, faults=("429",), rpm=1000), service) as url:
+        async with make_http_client(url, timeout=2) as client:
+            with pytest.raises(openai.RateLimitError) as caught:
+                await client.chat.completions.create(model="m", messages=MESSAGES, max_tokens=3)
+    headers = caught.value.response.headers
+    assert caught.value.code == "rate_limit_exceeded"
+    assert 100 <= int(headers["retry-after-ms"]) <= 1000
+    assert headers["retry-after"] == "1"
+    assert headers["x-ratelimit-limit-requests"] == "1000"

@@ -1,0 +1,104 @@
+"""End-to-end throughput: latency hiding, and what the durable queue costs.
+
+1. Latency hiding: ``runner serve --latency-ms 200`` and a worker with concurrency 256;
+   requests per second over a batch. Target: >= 90 % of 256 / 0.2 s = 1,280 req/s.
+2. Durable-queue overhead: jobs/s end to end (submit excluded: claim, call, store) on
+   SQLite with the in-process local endpoint, against a bare asyncio loop making the
+   same SDK calls to the same endpoint with the same concurrency, no queue, no
+   database; both measured in this one run. Target: queue >= 0.75 x bare.
+
+Run: ``python bench/throughput.py [--jobs 6000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine, serve, write_jobs
+
+from runner.config import EndpointConfig, load_settings
+from runner.db import engine as db
+from runner.endpoints.client import EndpointClient
+from runner.submit import submit
+from runner.worker import Worker
+
+
+async def queued_run(jobs: Path, url: str | None, concurrency: int, workdir: Path) -> float:
+    """Jobs/s of submit-then-work, timing only the work."""
+    db_url = f"sqlite:///{workdir / 'runner.db'}"
+    db.ensure_schema(db_url)
+    settings = load_settings(database_url=db_url)
+    endpoint = "local"
+    if url is not None:
+        serve_cfg = EndpointConfig(name="serve", type="openai", base_url=url, timeout=60)
+        settings = replace(settings, endpoints={**settings.endpoints, "serve": serve_cfg})
+        endpoint = "serve"
+    engine = db.create_engine_async(db_url, pool_size=8)
+    try:
+        sub = await submit(engine, jobs, settings, endpoint=endpoint)
+        worker = Worker(
+            engine, settings, concurrency=concurrency, burst=True, round_ids=[sub.round_id]
+        )
+        started = time.perf_counter()
+        stats = await worker.run()
+        elapsed = time.perf_counter() - started
+        assert stats.succeeded == sub.job_count, stats
+        return sub.job_count / elapsed
+    finally:
+        await engine.dispose()
+
+
+async def bare_run(bodies: list[dict[str, object]], concurrency: int) -> float:
+    """The same SDK calls to the same in-process endpoint: no queue, no database."""
+    client = EndpointClient(EndpointConfig(name="local", type="local"))
+    queue: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+
+    async def loop() -> None:
+        while not queue.empty():
+            await client.chat(queue.get_nowait())
+
+    started = time.perf_counter()
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await client.aclose()
+    return len(bodies) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=6000)
+    args = parser.parse_args()
+    print(machine())
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        jobs = write_jobs(root / "jobs.jsonl", args.jobs, max_tokens=16)
+        with serve("--latency-ms", "200") as url:
+            (root / "a").mkdir()
+            rate = asyncio.run(queued_run(jobs, url, 256, root / "a"))
+        print(
+            f"latency hiding: {rate:,.0f} req/s with 200 ms latency and concurrency 256 "
+            f"({rate / 1280:.0%} of 1,280)"
+        )
+        (root / "b").mkdir()
+        bodies = [json.loads(line)["body"] for line in jobs.read_text().splitlines()]
+        bare = asyncio.run(bare_run(bodies, 32))
+        queued = asyncio.run(queued_run(jobs, None, 32, root / "b"))
+        print(
+            f"in-process local endpoint, concurrency 32: bare loop {bare:,.0f} jobs/s, "
+            f"queue + SQLite {queued:,.0f} jobs/s = {queued / bare:.2f} x bare"
+        )
+
+
+if __name__ == "__main__":
+    main()
