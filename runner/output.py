@@ -31,8 +31,14 @@ def status_text(statuses: Sequence[BatchStatus]) -> str:
         )
         for rnd in batch.rounds:
             counts = ", ".join(f"{rnd.counts.get(s, 0)} {s}" for s in STATES if rnd.counts.get(s))
+            overrides = "".join(
+                f", {name} {value}"
+                for name, value in (("endpoint", rnd.endpoint), ("model", rnd.model))
+                if value
+            )
             lines.append(
-                f"  round {rnd.number} ({rnd.trigger}): {rnd.done}/{rnd.total} done: {counts}"
+                f"  round {rnd.number} ({rnd.trigger}{overrides}): "
+                f"{rnd.done}/{rnd.total} done: {counts}"
             )
             lines.append(
                 f"    tokens: {rnd.prompt_tokens} prompt + {rnd.completion_tokens} completion"
@@ -58,6 +64,8 @@ def run_text(d: dict[str, Any]) -> str:
         f"seed: {d['seed']}  system_fingerprint: {d['system_fingerprint']}",
         f"request_hash: {d['request_hash']}",
     ]
+    if d.get("reused_from_run_id"):
+        lines.append(f"reused the stored result of run {d['reused_from_run_id']} (--reuse)")
     if d["state"] == "succeeded":
         lines.append(
             f"tokens: {d['prompt_tokens']} prompt + {d['completion_tokens']} completion = "

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from runner.db import queue
 from runner.db.models import Batch, Job, Round, Run, RunState
 from runner.errors import NotFoundError
 
@@ -26,6 +27,8 @@ class RoundStatus:
     completion_tokens: int
     errors: list[tuple[str, int]]  # (error type, count) of failed runs
     fingerprints: list[str | None]
+    endpoint: str | None = None  # a replay round's overrides (see runner/replay.py)
+    model: str | None = None
 
     @property
     def total(self) -> int:
@@ -100,6 +103,8 @@ async def _round_status(conn: AsyncConnection, rnd: Any) -> RoundStatus:
         completion_tokens=int(tokens[1] or 0),
         errors=[(str(t), int(c)) for t, c in errors],
         fingerprints=sorted(fingerprints, key=lambda f: (f is None, f or "")),
+        endpoint=rnd.endpoint,
+        model=rnd.model,
     )
 
 
@@ -138,19 +143,24 @@ async def run_details(
     key: str | None = None,
     round_number: int | None = None,
 ) -> dict[str, Any]:
-    """Everything stored about one run and its job, as plain values."""
+    """Everything stored about one run and its job, as plain values.
+
+    ``endpoint``, ``model``, ``request_hash`` and ``body`` are what the run sent: the
+    job's, with its round's replay overrides applied (see runner/replay.py).
+    """
     query = (
         select(
-            *Run.__table__.columns,
+            *(c for c in Run.__table__.columns if c.name != "request_hash"),
             Job.batch_id,
             Batch.name.label("batch_name"),
             Round.number.label("round_number"),
             Job.key,
-            Job.endpoint,
-            Job.model,
+            queue.sent_endpoint().label("endpoint"),
+            func.coalesce(Round.model, Job.model).label("model"),
             Job.seed,
-            Job.request_hash,
+            queue.sent_hash().label("request_hash"),
             Job.body,
+            Round.model.label("model_override"),
         )
         .join(Job, Run.job_id == Job.id)
         .join(Round, Run.round_id == Round.id)
@@ -172,4 +182,8 @@ async def run_details(
     row = (await conn.execute(query)).one_or_none()
     if row is None:
         raise NotFoundError(f"no {what}")
-    return dict(row._mapping)
+    details = dict(row._mapping)
+    override = details.pop("model_override")
+    if override is not None:
+        details["body"] = queue.with_model(details["body"], override)
+    return details

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Float,
     ForeignKey,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -98,6 +100,13 @@ class Round(Base):
     number: Mapped[int] = mapped_column(Integer)
     trigger: Mapped[str] = mapped_column(String(20))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Replay overrides, recorded so the round says where its requests went (NULL: the job's).
+    endpoint: Mapped[str | None] = mapped_column(String(100))
+    model: Mapped[str | None] = mapped_column(String(200))
+    # Which jobs a replay round covers ("all", "only-failed", "jobs,only-changed", ...).
+    selection: Mapped[str | None] = mapped_column(String(100))
+    # Whether stored results of identical requests were reused (``--reuse``).
+    reuse: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Run(Base):
@@ -138,6 +147,12 @@ class Run(Base):
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_status: Mapped[int | None] = mapped_column(Integer)
     error_message: Mapped[str | None] = mapped_column(Text)
+    # Replay: the hash of the body sent when a round's model override changed it
+    # (NULL: the job's body was sent as it is, so jobs.request_hash is its hash).
+    request_hash: Mapped[str | None] = mapped_column(String(71), index=True)
+    # ``--reuse``: the id of the run whose stored result this run copied instead of sending
+    # a request. Not a foreign key: adding one would make SQLite copy the whole table.
+    reused_from_run_id: Mapped[int | None] = mapped_column(BigId)
 
 
 class Attempt(Base):
@@ -154,6 +169,9 @@ class Attempt(Base):
     http_status: Mapped[int | None] = mapped_column(Integer)
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # Retries: what the server asked (Retry-After) and when the run was queued again for.
+    retry_after_ms: Mapped[float | None] = mapped_column(Float)
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Worker(Base):
@@ -170,3 +188,68 @@ class Worker(Base):
     concurrency: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class FingerprintGroup(enum.StrEnum):
+    """How the system_fingerprints of a compared job's two runs relate."""
+
+    SAME = "same"  # both runs returned the same fingerprint
+    CHANGED = "changed"  # both returned one, and they differ: expect other outputs
+    UNKNOWN = "unknown"  # at least one returned none (null): nothing to go by
+
+
+class Comparison(Base):
+    """One ``runner compare``: two rounds (of one batch or two) matched by job key."""
+
+    __tablename__ = "comparisons"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    batch_a_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    round_a_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    batch_b_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    round_b_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    matched: Mapped[int] = mapped_column(Integer)
+    only_a: Mapped[int] = mapped_column(Integer)
+    only_b: Mapped[int] = mapped_column(Integer)
+    exact_matches: Mapped[int] = mapped_column(Integer)
+    exact_match_rate: Mapped[float] = mapped_column(Float)
+    mean_similarity: Mapped[float | None] = mapped_column(Float)
+    min_similarity: Mapped[float | None] = mapped_column(Float)
+    failed_a: Mapped[int] = mapped_column(Integer)
+    failed_b: Mapped[int] = mapped_column(Integer)
+    fingerprint_same: Mapped[int] = mapped_column(Integer)
+    fingerprint_changed: Mapped[int] = mapped_column(Integer)
+    fingerprint_unknown: Mapped[int] = mapped_column(Integer)
+    embeddings_endpoint: Mapped[str | None] = mapped_column(String(100))
+    embeddings_model: Mapped[str | None] = mapped_column(String(200))
+    mean_embedding_distance: Mapped[float | None] = mapped_column(Float)
+
+
+class ComparisonItem(Base):
+    """One job of a comparison: its run on each side and how they differ."""
+
+    __tablename__ = "comparison_items"
+    __table_args__ = (
+        UniqueConstraint("comparison_id", "key", name="uq_comparison_items_key"),
+        CheckConstraint(
+            _states_check("fingerprint", FingerprintGroup), name="ck_comparison_items_fingerprint"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(Text)
+    run_a_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    run_b_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    state_a: Mapped[str] = mapped_column(String(20))
+    state_b: Mapped[str] = mapped_column(String(20))
+    same_request: Mapped[bool] = mapped_column(Boolean)
+    exact_match: Mapped[bool] = mapped_column(Boolean)
+    similarity: Mapped[float | None] = mapped_column(Float)
+    divergence_offset: Mapped[int | None] = mapped_column(Integer)
+    fingerprint: Mapped[str | None] = mapped_column(String(20))
+    same_model: Mapped[bool | None] = mapped_column(Boolean)
+    prompt_tokens_delta: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens_delta: Mapped[int | None] = mapped_column(Integer)
+    embedding_distance: Mapped[float | None] = mapped_column(Float)

@@ -13,16 +13,43 @@ or double-claim the same rows; on SQLite (where SQLAlchemy omits the clause)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, bindparam, func, insert, literal, select, true, update
+import anyio
+from sqlalchemy import (
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from runner.db.models import Attempt, Batch, Job, Round, RoundTrigger, Run, RunState
+from runner.db.models import (
+    Attempt,
+    Batch,
+    Comparison,
+    ComparisonItem,
+    Job,
+    Round,
+    RoundTrigger,
+    Run,
+    RunState,
+)
+from runner.db.models import Worker as WorkerRow
 from runner.db.types import UTCDateTime
+from runner.hashing import canonical_json
 
 # ---------------------------------------------------------------- submit
 
@@ -123,11 +150,21 @@ class ClaimedRun:
     round_number: int = 0
 
 
+T = TypeVar("T")
+DEADLOCK = "40P01"  # PostgreSQL's deadlock_detected
+
 _RETURNING = (Run.id, Run.round_id, Run.job_id, Run.attempts, Run.max_attempts)
 
 
 def _in_rounds(round_ids: Sequence[int] | None) -> Any:
     return true() if round_ids is None else Run.round_id.in_(list(round_ids))
+
+
+def _not_for(endpoints: Sequence[str]) -> Any:
+    """Runs whose job does not go to one of ``endpoints`` (a worker gave up on those)."""
+    if not endpoints:
+        return true()
+    return ~exists().where(Job.id == Run.job_id, Job.endpoint.in_(list(endpoints)))
 
 
 async def claim(
@@ -138,17 +175,18 @@ async def claim(
     lease: timedelta,
     now: datetime,
     round_ids: Sequence[int] | None = None,
+    exclude_endpoints: Sequence[str] = (),
 ) -> list[ClaimedRun]:
     """Lease up to ``limit`` runs: expired leases first, then queued runs in order.
 
-    ``round_ids`` restricts the claim to those rounds (``runner run`` works only its own).
+    ``round_ids`` restricts the claim to those rounds (``runner run`` works only its own);
+    runs for ``exclude_endpoints`` are left to other workers.
     """
     if limit <= 0:
         return []
     expires = now + lease
-    expired = and_(
-        Run.state == RunState.RUNNING.value, Run.lease_expires_at < now, _in_rounds(round_ids)
-    )
+    scope = and_(_in_rounds(round_ids), _not_for(exclude_endpoints))
+    expired = and_(Run.state == RunState.RUNNING.value, Run.lease_expires_at < now, scope)
     async with engine.begin() as conn:
         # A run whose worker died with no attempts left fails instead of looping forever.
         exhausted = (
@@ -190,11 +228,7 @@ async def claim(
         if len(rows) < limit:
             queued = (
                 select(Run.id)
-                .where(
-                    Run.state == RunState.QUEUED.value,
-                    Run.available_at <= now,
-                    _in_rounds(round_ids),
-                )
+                .where(Run.state == RunState.QUEUED.value, Run.available_at <= now, scope)
                 .order_by(Run.available_at, Run.id)
                 .limit(limit - len(rows))
                 .with_for_update(skip_locked=True)
@@ -231,14 +265,26 @@ async def _with_jobs(engine: AsyncEngine, rows: Sequence[Any]) -> list[ClaimedRu
                 )
             )
         }
-        rounds = dict(
-            (
-                await conn.execute(select(Round.id, Round.number).where(Round.id.in_(round_ids)))
-            ).all()
-        )
+        rounds = {
+            r.id: r
+            for r in await conn.execute(
+                select(Round.id, Round.number, Round.endpoint, Round.model).where(
+                    Round.id.in_(round_ids)
+                )
+            )
+        }
     claimed = []
     for row in sorted(rows, key=lambda r: r.id):
         job = jobs[row.job_id]
+        rnd = rounds[row.round_id]
+        # A replay round may send the job elsewhere or to another model (see ``replay``).
+        sent = sent_request(
+            job.endpoint,
+            job.model,
+            job.body,
+            endpoint_override=rnd.endpoint,
+            model_override=rnd.model,
+        )
         claimed.append(
             ClaimedRun(
                 run_id=row.id,
@@ -247,11 +293,11 @@ async def _with_jobs(engine: AsyncEngine, rows: Sequence[Any]) -> list[ClaimedRu
                 attempt=row.attempts,
                 max_attempts=row.max_attempts,
                 key=job.key,
-                endpoint=job.endpoint,
-                model=job.model,
-                body=job.body,
+                endpoint=sent.endpoint,
+                model=sent.model,
+                body=sent.body,
                 batch_id=job.batch_id,
-                round_number=rounds[row.round_id],
+                round_number=rnd.number,
             )
         )
     return claimed
@@ -261,14 +307,85 @@ async def heartbeat(
     engine: AsyncEngine, owner: str, *, lease: timedelta, now: datetime
 ) -> set[int]:
     """Extend every lease ``owner`` still holds; returns the ids it still holds."""
+    held = (
+        select(Run.id)
+        .where(Run.state == RunState.RUNNING.value, Run.lease_owner == owner)
+        .order_by(Run.id)
+        .with_for_update()
+    )
+
+    async def renew() -> set[int]:
+        async with engine.begin() as conn:
+            result = await conn.execute(
+                update(Run)
+                .where(Run.id.in_(held.scalar_subquery()))
+                .values(lease_expires_at=now + lease)
+                .returning(Run.id)
+            )
+            return set(result.scalars())
+
+    return await _retry_deadlock(renew)
+
+
+async def _retry_deadlock(fn: Callable[[], Awaitable[T]], tries: int = 5) -> T:
+    """Run a transaction again if PostgreSQL chose it as a deadlock victim (rolled back)."""
+    for attempt in range(1, tries + 1):
+        try:
+            return await fn()
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != DEADLOCK or attempt == tries:
+                raise
+            await anyio.sleep(0.01 * attempt)
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------- worker registry
+
+
+async def register_worker(
+    engine: AsyncEngine,
+    worker_id: str,
+    *,
+    hostname: str,
+    pid: int,
+    concurrency: int,
+    now: datetime,
+) -> None:
     async with engine.begin() as conn:
-        result = await conn.execute(
-            update(Run)
-            .where(Run.state == RunState.RUNNING.value, Run.lease_owner == owner)
-            .values(lease_expires_at=now + lease)
-            .returning(Run.id)
+        await conn.execute(
+            insert(WorkerRow).values(
+                id=worker_id,
+                hostname=hostname,
+                pid=pid,
+                concurrency=concurrency,
+                started_at=now,
+                heartbeat_at=now,
+            )
         )
-        return set(result.scalars())
+
+
+async def worker_heartbeat(
+    engine: AsyncEngine, worker_id: str, *, now: datetime, alive_within: timedelta
+) -> int:
+    """Renew this worker's registration, forget dead ones; returns how many are alive."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(WorkerRow).where(WorkerRow.id == worker_id).values(heartbeat_at=now)
+        )
+        await conn.execute(
+            delete(WorkerRow).where(WorkerRow.heartbeat_at < now - 10 * alive_within)
+        )
+        alive = await conn.scalar(
+            select(func.count())
+            .select_from(WorkerRow)
+            .where(WorkerRow.heartbeat_at >= now - alive_within)
+        )
+    return max(1, int(alive or 0))
+
+
+async def unregister_worker(engine: AsyncEngine, worker_id: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(delete(WorkerRow).where(WorkerRow.id == worker_id))
 
 
 async def release(engine: AsyncEngine, owner: str, run_ids: Iterable[int], now: datetime) -> int:
@@ -310,6 +427,7 @@ class Outcome:
     outcome: str
     http_status: int | None = None
     retry_at: datetime | None = None
+    retry_after_ms: float | None = None  # what the server asked for, if anything
     # success fields
     response: str | None = None
     output: str | None = None
@@ -353,92 +471,83 @@ def _params(owner: str, outcome: Outcome) -> dict[str, Any]:
     return {"b_run_id": outcome.run_id, "b_owner": owner, "b_attempt": outcome.attempt}
 
 
+_STATE_AFTER = {
+    "succeeded": RunState.SUCCEEDED.value,
+    "failed": RunState.FAILED.value,
+    "retry": RunState.QUEUED.value,
+}
+
+
+def _outcome_params(owner: str, o: Outcome) -> dict[str, Any]:
+    done = o.outcome != "retry"
+    return {
+        **_params(owner, o),
+        "b_state": _STATE_AFTER[o.outcome],
+        "b_finished_at": o.finished_at if done else None,
+        "b_available_at": o.finished_at if done else (o.retry_at or o.finished_at),
+        "b_latency_ms": o.latency_ms,
+        "b_error_type": o.error_type,
+        "b_error_status": None if o.outcome == "succeeded" else o.http_status,
+        "b_error_message": o.error_message,
+        **{f"b_{c}": getattr(o, c) for c in _SUCCESS_COLUMNS},
+    }
+
+
 async def record(engine: AsyncEngine, owner: str, outcomes: Sequence[Outcome]) -> int:
-    """Store a batch of outcomes in one transaction; returns how many were fenced out."""
-    groups: dict[str, list[Outcome]] = {"succeeded": [], "failed": [], "retry": []}
-    for item in outcomes:
-        groups[item.outcome].append(item)
-    applied = 0
-    async with engine.begin() as conn:
-        if groups["succeeded"]:
-            stmt = (
-                update(Run)
-                .where(_fence())
-                .values(
-                    state=RunState.SUCCEEDED.value,
-                    finished_at=bindparam("b_finished_at"),
-                    latency_ms=bindparam("b_latency_ms"),
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    error_type=None,
-                    error_status=None,
-                    error_message=None,
-                    **{c: bindparam(f"b_{c}") for c in _SUCCESS_COLUMNS},
-                )
-            )
-            params = [
-                {
-                    **_params(owner, o),
-                    "b_finished_at": o.finished_at,
-                    "b_latency_ms": o.latency_ms,
-                    **{f"b_{c}": getattr(o, c) for c in _SUCCESS_COLUMNS},
-                }
-                for o in groups["succeeded"]
-            ]
-            applied += (await conn.execute(stmt, params)).rowcount
-        for kind in ("failed", "retry"):
-            if not groups[kind]:
-                continue
-            final = kind == "failed"
-            stmt = (
-                update(Run)
-                .where(_fence())
-                .values(
-                    state=RunState.FAILED.value if final else RunState.QUEUED.value,
-                    finished_at=bindparam("b_finished_at"),
-                    available_at=bindparam("b_available_at"),
-                    latency_ms=bindparam("b_latency_ms"),
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    error_type=bindparam("b_error_type"),
-                    error_status=bindparam("b_error_status"),
-                    error_message=bindparam("b_error_message"),
-                )
-            )
-            params = [
-                {
-                    **_params(owner, o),
-                    "b_finished_at": o.finished_at if final else None,
-                    "b_available_at": o.finished_at if final else (o.retry_at or o.finished_at),
-                    "b_latency_ms": o.latency_ms,
-                    "b_error_type": o.error_type,
-                    "b_error_status": o.http_status,
-                    "b_error_message": o.error_message,
-                }
-                for o in groups[kind]
-            ]
-            applied += (await conn.execute(stmt, params)).rowcount
-        await conn.execute(
-            insert(Attempt),
-            [
-                {
-                    "run_id": o.run_id,
-                    "number": o.attempt,
-                    "worker": owner,
-                    "started_at": o.started_at,
-                    "latency_ms": o.latency_ms,
-                    "outcome": o.outcome,
-                    "http_status": o.http_status,
-                    "error_type": o.error_type,
-                    "error_message": o.error_message,
-                }
-                for o in outcomes
-            ],
+    """Store a batch of outcomes in one transaction; returns how many were fenced out.
+
+    One statement for every outcome, in run id order: PostgreSQL locks the rows in
+    the same order as ``heartbeat`` and ``release`` do, so they cannot deadlock.
+    """
+    ordered = sorted(outcomes, key=lambda o: o.run_id)
+    stmt = (
+        update(Run)
+        .where(_fence())
+        .values(
+            state=bindparam("b_state"),
+            finished_at=bindparam("b_finished_at"),
+            available_at=bindparam("b_available_at"),
+            latency_ms=bindparam("b_latency_ms"),
+            lease_owner=None,
+            lease_expires_at=None,
+            error_type=bindparam("b_error_type"),
+            error_status=bindparam("b_error_status"),
+            error_message=bindparam("b_error_message"),
+            **{c: bindparam(f"b_{c}") for c in _SUCCESS_COLUMNS},
         )
+    )
+    attempts = [
+        {
+            "run_id": o.run_id,
+            "number": o.attempt,
+            "worker": owner,
+            "started_at": o.started_at,
+            "latency_ms": o.latency_ms,
+            "outcome": o.outcome,
+            "http_status": o.http_status,
+            "error_type": o.error_type,
+            "error_message": o.error_message,
+            "retry_after_ms": o.retry_after_ms,
+            "retry_at": o.retry_at,
+        }
+        for o in ordered
+    ]
+
+    async def write() -> int:
+        async with engine.begin() as conn:
+            result = await conn.execute(stmt, [_outcome_params(owner, o) for o in ordered])
+            await conn.execute(insert(Attempt), attempts)
+            return int(result.rowcount)
+
+    applied = await _retry_deadlock(write)
     return len(outcomes) - applied
 
 
-async def unfinished_count(engine: AsyncEngine, round_ids: Sequence[int] | None = None) -> int:
+async def unfinished_count(
+    engine: AsyncEngine,
+    round_ids: Sequence[int] | None = None,
+    exclude_endpoints: Sequence[str] = (),
+) -> int:
     """Runs still queued or running (in ``round_ids``, or anywhere): burst workers exit at 0."""
     async with engine.connect() as conn:
         count = await conn.scalar(
@@ -447,6 +556,241 @@ async def unfinished_count(engine: AsyncEngine, round_ids: Sequence[int] | None 
             .where(
                 Run.state.in_([RunState.QUEUED.value, RunState.RUNNING.value]),
                 _in_rounds(round_ids),
+                _not_for(exclude_endpoints),
             )
         )
         return int(count or 0)
+
+
+# ---------------------------------------------------------------- replay
+#
+# A replay round re-runs jobs of a batch. Its overrides are columns of the round
+# (``rounds.endpoint``, ``rounds.model``), applied when a run is claimed (see
+# ``sent_request``): a model override replaces only the body's ``model``, and the hash
+# of the body that is then sent is stored in ``runs.request_hash``. ``--reuse`` copies
+# a stored successful result of the same request to the same endpoint instead of
+# sending it again (``runs.reused_from_run_id`` names the run that made the request).
+
+REUSE_CHUNK = 500
+ITEM_CHUNK = 1000
+
+# What a reused run copies from the run whose result it takes.
+_REUSED_COLUMNS = (*_SUCCESS_COLUMNS, "latency_ms")
+
+
+@dataclass(frozen=True)
+class SentRequest:
+    """What a run of a job sends, and where, once its round's overrides are applied."""
+
+    endpoint: str
+    model: str
+    body: str
+
+
+def with_model(body: str, model: str) -> str:
+    """The canonical ``body`` with only its ``model`` replaced (still canonical JSON)."""
+    payload = json.loads(body)
+    payload["model"] = model
+    return canonical_json(payload)
+
+
+def sent_request(
+    endpoint: str,
+    model: str,
+    body: str,
+    *,
+    endpoint_override: str | None,
+    model_override: str | None,
+) -> SentRequest:
+    """A job's endpoint, model and body with a round's overrides (None: the job's own)."""
+    if model_override is None or model_override == model:
+        return SentRequest(endpoint_override or endpoint, model, body)
+    return SentRequest(
+        endpoint_override or endpoint, model_override, with_model(body, model_override)
+    )
+
+
+def sent_endpoint() -> Any:
+    """SQL: the endpoint a run's request goes to (its round's override, else its job's)."""
+    return func.coalesce(Round.endpoint, Job.endpoint)
+
+
+def sent_hash() -> Any:
+    """SQL: the hash of the body a run sends (``runs.request_hash``, else its job's)."""
+    return func.coalesce(Run.request_hash, Job.request_hash)
+
+
+async def create_replay_round(
+    conn: AsyncConnection,
+    batch_id: int,
+    *,
+    now: datetime,
+    endpoint: str | None,
+    model: str | None,
+    selection: str,
+    reuse: bool,
+) -> tuple[int, int]:
+    """A new ``replay`` round with its overrides recorded; returns (round id, number)."""
+    round_id, number = await create_round(conn, batch_id, RoundTrigger.REPLAY, now)
+    await conn.execute(
+        update(Round)
+        .where(Round.id == round_id)
+        .values(endpoint=endpoint, model=model, selection=selection, reuse=reuse)
+    )
+    return round_id, number
+
+
+async def enqueue_jobs(
+    conn: AsyncConnection,
+    round_id: int,
+    runs: Sequence[tuple[int, str | None]],
+    *,
+    max_attempts: int,
+    now: datetime,
+) -> int:
+    """One queued run per ``(job id, hash of the body it sends, or None: the job's)``."""
+    if not runs:
+        return 0
+    await conn.execute(
+        insert(Run),
+        [
+            {
+                "round_id": round_id,
+                "job_id": job_id,
+                "state": RunState.QUEUED.value,
+                "attempts": 0,
+                "max_attempts": max_attempts,
+                "available_at": now,
+                "request_hash": sent,
+            }
+            for job_id, sent in runs
+        ],
+    )
+    return len(runs)
+
+
+async def reuse_results(conn: AsyncConnection, round_id: int, now: datetime) -> int:
+    """Turn queued runs of a round into copies of stored results of the same request.
+
+    A stored result qualifies when its run succeeded, sent a body with the same hash to
+    the same endpoint, and belongs to another round. The job's own latest result is
+    preferred, else the latest one. Only untouched queued runs (no attempt yet) are
+    changed, so a worker that already claimed one keeps it. Returns how many were reused.
+    """
+    targets = (
+        await conn.execute(
+            select(
+                Run.id,
+                Run.job_id,
+                sent_hash().label("sent_hash"),
+                sent_endpoint().label("sent_endpoint"),
+            )
+            .join(Job, Job.id == Run.job_id)
+            .join(Round, Round.id == Run.round_id)
+            .where(
+                Run.round_id == round_id,
+                Run.state == RunState.QUEUED.value,
+                Run.attempts == 0,
+            )
+            .order_by(Run.id)
+        )
+    ).all()
+    reused = 0
+    for start in range(0, len(targets), REUSE_CHUNK):
+        chunk = targets[start : start + REUSE_CHUNK]
+        chosen = await _reusable(conn, round_id, chunk)
+        if not chosen:
+            continue
+        sources = {
+            row.id: row
+            for row in await conn.execute(
+                select(Run.id, *(getattr(Run, c) for c in _REUSED_COLUMNS)).where(
+                    Run.id.in_(sorted({source for source, _ in chosen.values()}))
+                )
+            )
+        }
+        stmt = (
+            update(Run)
+            .where(
+                Run.id == bindparam("b_run_id"),
+                Run.state == RunState.QUEUED.value,
+                Run.attempts == 0,
+            )
+            .values(
+                state=RunState.SUCCEEDED.value,
+                finished_at=now,
+                reused_from_run_id=bindparam("b_reused_from"),
+                error_type=None,
+                error_status=None,
+                error_message=None,
+                **{c: bindparam(f"b_{c}") for c in _REUSED_COLUMNS},
+            )
+        )
+        params = [
+            {
+                "b_run_id": run_id,
+                "b_reused_from": origin,
+                **{f"b_{c}": getattr(sources[source], c) for c in _REUSED_COLUMNS},
+            }
+            for run_id, (source, origin) in sorted(chosen.items())
+        ]
+        reused += int((await conn.execute(stmt, params)).rowcount)
+    return reused
+
+
+async def _reusable(
+    conn: AsyncConnection, round_id: int, targets: Sequence[Any]
+) -> dict[int, tuple[int, int]]:
+    """For each target run that has one: (run to copy, run that made the request)."""
+    hashes = sorted({t.sent_hash for t in targets})
+    candidates = await conn.execute(
+        select(
+            Run.id,
+            Run.job_id,
+            Run.reused_from_run_id,
+            sent_hash().label("sent_hash"),
+            sent_endpoint().label("sent_endpoint"),
+        )
+        .join(Job, Job.id == Run.job_id)
+        .join(Round, Round.id == Run.round_id)
+        .where(
+            Run.state == RunState.SUCCEEDED.value,
+            Run.round_id != round_id,
+            or_(
+                Run.request_hash.in_(hashes),
+                and_(Run.request_hash.is_(None), Job.request_hash.in_(hashes)),
+            ),
+        )
+        .order_by(Run.id)
+    )
+    latest: dict[tuple[str, str], tuple[int, int]] = {}
+    own: dict[tuple[int, str, str], tuple[int, int]] = {}
+    for c in candidates:  # ascending ids: the last one seen is the latest
+        pick = (int(c.id), int(c.reused_from_run_id or c.id))
+        latest[(c.sent_hash, c.sent_endpoint)] = pick
+        own[(c.job_id, c.sent_hash, c.sent_endpoint)] = pick
+    chosen = {}
+    for t in targets:
+        found = own.get((t.job_id, t.sent_hash, t.sent_endpoint)) or latest.get(
+            (t.sent_hash, t.sent_endpoint)
+        )
+        if found is not None:
+            chosen[int(t.id)] = found
+    return chosen
+
+
+async def insert_comparison(
+    conn: AsyncConnection, comparison: dict[str, Any], items: Sequence[dict[str, Any]]
+) -> int:
+    """Store one comparison and its per-job items; returns the comparison id."""
+    result = await conn.execute(insert(Comparison).values(**comparison).returning(Comparison.id))
+    comparison_id = int(result.scalar_one())
+    for start in range(0, len(items), ITEM_CHUNK):
+        await conn.execute(
+            insert(ComparisonItem),
+            [
+                {**item, "comparison_id": comparison_id}
+                for item in items[start : start + ITEM_CHUNK]
+            ],
+        )
+    return comparison_id
