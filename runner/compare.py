@@ -473,3 +473,12 @@ async def compare(
         embeddings_endpoint=embeddings_endpoint,
         embeddings_model=embeddings.model if embeddings else None,
     )
+
+
+def stored_rows(
+    summary: Summary, items: Sequence[Item]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """What ``compare`` stores for a measured pair of rounds: the ``comparisons`` columns
+    of the summary (sides, date and embeddings left to the caller) and one
+    ``comparison_items`` row per job. Drift reports store their comparisons with it."""
+    return _summary_row(summary), [_row(i) for i in items]

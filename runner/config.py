@@ -68,6 +68,19 @@ class WorkerConfig:
     max_attempts: int = 5
     backoff_base_seconds: float = 1.0
     backoff_max_seconds: float = 60.0
+    # How often a worker looks for due schedule ticks and finished scheduled rounds.
+    schedule_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class Price:
+    """What a model costs, in USD per million tokens."""
+
+    input: float
+    output: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,8 @@ class Settings:
     endpoints: Mapping[str, EndpointConfig] = field(default_factory=dict)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     config_path: Path | None = None
+    # USD per 1M tokens by model name; a model without a price has an unknown cost.
+    prices: Mapping[str, Price] = field(default_factory=dict)
 
     def endpoint(self, name: str) -> EndpointConfig:
         try:
@@ -227,7 +242,7 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     where = str(path) if path else CONFIG_FILE_NAME
-    _check_keys(data, {"database_url", "endpoints", "worker"}, where)
+    _check_keys(data, {"database_url", "endpoints", "worker", "prices"}, where)
     endpoints = builtin_endpoints(env)
     for name, raw in _table(data, "endpoints", where).items():
         endpoints[name] = _parse_endpoint(
@@ -237,4 +252,24 @@ def load_settings(
     url = database_url or data.get("database_url") or DEFAULT_DATABASE_URL
     if not isinstance(url, str):
         raise ConfigError(f"{where}: database_url must be a string")
-    return Settings(database_url=url, endpoints=endpoints, worker=worker, config_path=path)
+    prices = _parse_prices(_table(data, "prices", where), f"{where}: prices")
+    return Settings(
+        database_url=url, endpoints=endpoints, worker=worker, config_path=path, prices=prices
+    )
+
+
+def _parse_prices(raw: Mapping[str, Any], where: str) -> dict[str, Price]:
+    prices = {}
+    for model, entry in raw.items():
+        at = f"{where}.{model}"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{at}: must be a table with input and output (USD per 1M tokens)")
+        _check_keys(entry, {"input", "output"}, at)
+        missing = {"input", "output"} - set(entry)
+        if missing:
+            raise ConfigError(f"{at}: missing {', '.join(sorted(missing))} (USD per 1M tokens)")
+        prices[str(model)] = Price(
+            input=float(_number(entry["input"], f"{at}.input", minimum=0)),
+            output=float(_number(entry["output"], f"{at}.output", minimum=0)),
+        )
+    return prices

@@ -48,3 +48,13 @@ class DatabaseError(RunnerError):
 
 class NotFoundError(RunnerError):
     """No such object."""
+
+
+class QueryError(RunnerError):
+    """The database refused a query (`runner sql`, `runner export`); its message says why."""
+
+
+class ScheduleError(RunnerError):
+    """Invalid schedule: check the cron expression, time zone and name."""
+
+    exit_code = 2

@@ -25,6 +25,7 @@ from typing import Any, Literal, NoReturn
 
 import yaml
 
+from runner.cron import ScheduleSpec, parse_schedule_block
 from runner.errors import JobFileError
 from runner.hashing import canonical_json, request_hash
 from runner.params import PARAMS, REJECTED, check_body_params, check_param
@@ -49,6 +50,7 @@ YAML_KEYS = {
     "extra_params",
     "key",
     "max_attempts",
+    "schedule",
 }
 BATCH_LINE_KEYS = {"custom_id", "method", "url", "body"}
 # Keys of an item that are not variables: per-item overrides of the top-level ones.
@@ -81,6 +83,7 @@ class JobFile:
     max_attempts: int | None
     _jobs: Iterator[JobSpec]
     _sha: Any = field(default_factory=hashlib.sha256)
+    schedule: ScheduleSpec | None = None  # YAML ``schedule:``, created with the batch
 
     def jobs(self) -> Iterator[JobSpec]:
         return self._jobs
@@ -495,6 +498,16 @@ def _load_yaml(path: Path, endpoint: str | None, name: str | None) -> JobFile:
         max_attempts=spec.max_attempts,
         _jobs=_expand(spec, lines),
         _sha=sha,
+        schedule=_schedule(data, lines),
+    )
+
+
+def _schedule(data: Mapping[str, Any], lines: _Lines) -> ScheduleSpec | None:
+    """``schedule:``: a cron string, or a mapping (see runner/cron.py)."""
+    if "schedule" not in data:
+        return None
+    return parse_schedule_block(
+        data["schedule"], lambda f, why: lines.fail(("schedule", f) if f else ("schedule",), why)
     )
 
 

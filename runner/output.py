@@ -3,24 +3,54 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from runner.report import BatchStatus
+from runner.config import Price
+from runner.report import BatchLine, BatchStatus
 from runner.worker import WorkerStats
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
 def worker_summary(stats: WorkerStats) -> str:
-    return (
+    line = (
         f"worker done: {stats.succeeded} succeeded, {stats.failed} failed, "
         f"{stats.retried} retries, {stats.released} released"
     )
+    if stats.abandoned:
+        line += f", {stats.abandoned} abandoned (cancelled or taken over)"
+    return line
 
 
-def status_text(statuses: Sequence[BatchStatus]) -> str:
+def batches_text(batches: Sequence[BatchLine]) -> str:
+    if not batches:
+        return "no batches yet: submit one with `runner submit JOBFILE`"
+    lines = [f"{'id':>4}  {'name':24} {'jobs':>7} {'rounds':>6}  {'last round':34} fingerprint"]
+    for b in batches:
+        counts = b.last_round_counts
+        done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
+        last = "-"
+        if b.last_round is not None:
+            failed = counts.get("failed", 0)
+            last = f"#{b.last_round}: {done}/{sum(counts.values())} done" + (
+                f", {failed} failed" if failed else ""
+            )
+        lines.append(
+            f"{b.id:>4}  {b.name[:24]:24} {b.job_count:>7} {b.rounds:>6}  {last:34} "
+            f"{b.last_fingerprint or '-'}"
+        )
+    return "\n".join(lines)
+
+
+def cost_text(cost: float | None, unpriced: Sequence[str]) -> str:
+    if cost is None:
+        return f"cost: unknown (no price for {', '.join(unpriced)} in runner.toml [prices])"
+    return f"cost: ${cost:,.4f}"
+
+
+def status_text(statuses: Sequence[BatchStatus], prices: Mapping[str, Price] | None = None) -> str:
     if not statuses:
         return "no batches yet: submit one with `runner submit JOBFILE`"
     lines = []
@@ -40,9 +70,10 @@ def status_text(statuses: Sequence[BatchStatus]) -> str:
                 f"  round {rnd.number} ({rnd.trigger}{overrides}): "
                 f"{rnd.done}/{rnd.total} done: {counts}"
             )
-            lines.append(
-                f"    tokens: {rnd.prompt_tokens} prompt + {rnd.completion_tokens} completion"
-            )
+            tokens = f"    tokens: {rnd.prompt_tokens} prompt + {rnd.completion_tokens} completion"
+            if rnd.tokens_by_model:
+                tokens += "; " + cost_text(*rnd.cost(prices or {}))
+            lines.append(tokens)
             if rnd.fingerprints:
                 shown = ", ".join(f or "null" for f in rnd.fingerprints)
                 lines.append(f"    system_fingerprint: {shown}")
@@ -51,8 +82,16 @@ def status_text(statuses: Sequence[BatchStatus]) -> str:
     return "\n".join(lines)
 
 
-def status_json(statuses: Sequence[BatchStatus]) -> str:
-    return json.dumps([asdict(s) for s in statuses], default=str, indent=2)
+def status_json(statuses: Sequence[BatchStatus], prices: Mapping[str, Price] | None = None) -> str:
+    data = []
+    for status in statuses:
+        entry = asdict(status)
+        for rnd, out in zip(status.rounds, entry["rounds"], strict=True):
+            cost, unpriced = rnd.cost(prices or {})
+            out["cost_usd"] = cost  # null when a model has no price: unknown, not 0
+            out["unpriced_models"] = unpriced
+        data.append(entry)
+    return json.dumps(data, default=str, indent=2)
 
 
 def run_text(d: dict[str, Any]) -> str:

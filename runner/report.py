@@ -5,13 +5,15 @@ Nothing here writes; queue state changes live in ``runner.db.queue``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from runner.config import Price
 from runner.db import queue
 from runner.db.models import Batch, Job, Round, Run, RunState
 from runner.errors import NotFoundError
@@ -29,6 +31,15 @@ class RoundStatus:
     fingerprints: list[str | None]
     endpoint: str | None = None  # a replay round's overrides (see runner/replay.py)
     model: str | None = None
+    # model -> (prompt tokens, completion tokens) of its stored usage
+    tokens_by_model: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def cost(self, prices: Mapping[str, Price]) -> tuple[float | None, list[str]]:
+        """USD cost of the tokens used, or None with the models that have no price."""
+        unpriced = sorted(m for m in self.tokens_by_model if m not in prices)
+        if unpriced:
+            return None, unpriced
+        return sum(prices[m].cost(p, c) for m, (p, c) in self.tokens_by_model.items()), []
 
     @property
     def total(self) -> int:
@@ -73,14 +84,19 @@ async def _round_status(conn: AsyncConnection, rnd: Any) -> RoundStatus:
             )
         ).all()
     )
-    tokens = (
-        await conn.execute(
-            select(
-                func.coalesce(func.sum(Run.prompt_tokens), 0),
-                func.coalesce(func.sum(Run.completion_tokens), 0),
-            ).where(Run.round_id == rnd.id)
+    by_model = {
+        str(model): (int(prompt or 0), int(completion or 0))
+        for model, prompt, completion in await conn.execute(
+            select(Job.model, func.sum(Run.prompt_tokens), func.sum(Run.completion_tokens))
+            .join(Job, Job.id == Run.job_id)
+            .where(Run.round_id == rnd.id, Run.prompt_tokens.is_not(None))
+            .group_by(Job.model)
         )
-    ).one()
+    }
+    if rnd.model is not None:  # a replay that sent every job to another model
+        by_model = {
+            rnd.model: (sum(p for p, _ in by_model.values()), sum(c for _, c in by_model.values()))
+        }
     errors = await conn.execute(
         select(Run.error_type, func.count())
         .where(Run.round_id == rnd.id, Run.state == RunState.FAILED.value)
@@ -99,8 +115,9 @@ async def _round_status(conn: AsyncConnection, rnd: Any) -> RoundStatus:
         trigger=rnd.trigger,
         created_at=rnd.created_at,
         counts={str(k): int(v) for k, v in counts.items()},
-        prompt_tokens=int(tokens[0] or 0),
-        completion_tokens=int(tokens[1] or 0),
+        prompt_tokens=sum(p for p, _ in by_model.values()),
+        completion_tokens=sum(c for _, c in by_model.values()),
+        tokens_by_model=by_model,
         errors=[(str(t), int(c)) for t, c in errors],
         fingerprints=sorted(fingerprints, key=lambda f: (f is None, f or "")),
         endpoint=rnd.endpoint,
@@ -187,3 +204,125 @@ async def run_details(
     if override is not None:
         details["body"] = queue.with_model(details["body"], override)
     return details
+
+
+@dataclass(frozen=True)
+class RoundProgress:
+    """Run counts of one round, for progress displays."""
+
+    batch_id: int
+    batch_name: str
+    round_number: int
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def done(self) -> int:
+        return sum(
+            self.counts.get(s.value, 0)
+            for s in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED)
+        )
+
+
+async def rounds_progress(
+    conn: AsyncConnection, round_ids: Sequence[int] | None, also: Sequence[int] = ()
+) -> list[RoundProgress]:
+    """Counts per state of ``round_ids`` or, if None, of every round with work left
+    (plus the rounds in ``also``, e.g. those a worker already finished)."""
+    if round_ids is None:
+        active = select(Run.round_id).where(
+            Run.state.in_([RunState.QUEUED.value, RunState.RUNNING.value])
+        )
+        wanted: ColumnElement[bool] = Run.round_id.in_(active.distinct().scalar_subquery())
+        if also:
+            wanted = wanted | Run.round_id.in_(list(also))
+    else:
+        wanted = Run.round_id.in_(list(round_ids))
+    counts = await conn.execute(
+        select(Run.round_id, Run.state, func.count())
+        .where(wanted)
+        .group_by(Run.round_id, Run.state)
+    )
+    by_round: dict[int, dict[str, int]] = {}
+    for round_id, state, count in counts:
+        by_round.setdefault(round_id, {})[state] = int(count)
+    if not by_round:
+        return []
+    names = await conn.execute(
+        select(Round.id, Round.number, Batch.id, Batch.name)
+        .join(Batch, Round.batch_id == Batch.id)
+        .where(Round.id.in_(list(by_round)))
+        .order_by(Round.id)
+    )
+    return [RoundProgress(bid, bname, number, by_round[rid]) for rid, number, bid, bname in names]
+
+
+async def round_ids_of(conn: AsyncConnection, batch: Batch, number: int | None) -> list[int]:
+    """Every round of a batch, or only round ``number``."""
+    query = select(Round.id).where(Round.batch_id == batch.id)
+    if number is not None:
+        query = query.where(Round.number == number)
+    ids = list((await conn.execute(query.order_by(Round.number))).scalars())
+    if not ids:
+        raise NotFoundError(f"batch {batch.id} ({batch.name}) has no round {number}")
+    return ids
+
+
+@dataclass(frozen=True)
+class BatchLine:
+    """One line of ``runner batches``."""
+
+    id: int
+    name: str
+    submitted_at: datetime
+    job_count: int
+    rounds: int
+    last_round: int | None
+    last_round_counts: dict[str, int]
+    last_fingerprint: str | None
+
+
+async def list_batches(conn: AsyncConnection, limit: int = 50) -> list[BatchLine]:
+    """The most recent batches with their last round's counts and last fingerprint seen."""
+    lines = []
+    batches = await conn.execute(select(Batch).order_by(Batch.id.desc()).limit(limit))
+    for batch in batches:
+        rounds = (
+            await conn.execute(
+                select(func.count(), func.max(Round.number)).where(Round.batch_id == batch.id)
+            )
+        ).one()
+        counts: dict[str, int] = {}
+        if rounds[1] is not None:
+            last = select(Round.id).where(Round.batch_id == batch.id, Round.number == rounds[1])
+            counts = {
+                str(state): int(n)
+                for state, n in await conn.execute(
+                    select(Run.state, func.count())
+                    .where(Run.round_id == last.scalar_subquery())
+                    .group_by(Run.state)
+                )
+            }
+        fingerprint = await conn.scalar(
+            select(Run.system_fingerprint)
+            .join(Round, Round.id == Run.round_id)
+            .where(Round.batch_id == batch.id, Run.state == RunState.SUCCEEDED.value)
+            .order_by(Run.finished_at.desc())
+            .limit(1)
+        )
+        lines.append(
+            BatchLine(
+                batch.id,
+                batch.name,
+                batch.submitted_at,
+                batch.job_count,
+                int(rounds[0]),
+                rounds[1],
+                counts,
+                fingerprint,
+            )
+        )
+    return lines

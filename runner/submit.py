@@ -19,8 +19,9 @@ from runner.config import Settings
 from runner.db import queue
 from runner.db.models import RoundTrigger
 from runner.db.types import utcnow
-from runner.errors import JobFileError
+from runner.errors import JobFileError, ScheduleError
 from runner.jobfile import JobFile, find_duplicate, load_job_file
+from runner.schedule import create_schedule
 
 CHUNK = 2000
 
@@ -32,6 +33,7 @@ class Submitted:
     job_count: int
     round_id: int
     round_number: int
+    schedule: str | None = None  # the schedule the file's ``schedule:`` created
 
 
 def _row(batch_id: int, job: Any) -> dict[str, Any]:
@@ -58,6 +60,14 @@ async def _insert(
             source_format=job_file.format,
             submitted_at=now,
         )
+        schedule = None
+        if job_file.schedule is not None:  # before the jobs: a taken name fails fast
+            try:
+                schedule = await create_schedule(
+                    conn, job_file.schedule, batch_id, job_file.name, now
+                )
+            except ScheduleError as exc:
+                raise JobFileError(str(job_file.path), None, "schedule", exc.message) from None
         count = 0
         chunk: list[dict[str, Any]] = []
         for job in job_file.jobs():
@@ -72,7 +82,7 @@ async def _insert(
         round_id, number = await queue.create_round(conn, batch_id, RoundTrigger.SUBMIT, now)
         max_attempts = job_file.max_attempts or settings.worker.max_attempts
         await queue.enqueue_round(conn, round_id, batch_id, max_attempts=max_attempts, now=now)
-    return Submitted(batch_id, job_file.name, count, round_id, number)
+    return Submitted(batch_id, job_file.name, count, round_id, number, schedule)
 
 
 async def submit(
@@ -88,7 +98,7 @@ async def submit(
     job_file = load_job_file(path, endpoint=endpoint, name=name)
     settings.endpoint(job_file.endpoint)  # unknown endpoint: fail before writing anything
     try:
-        return await _insert(engine, job_file, settings, now or utcnow())
+        submitted = await _insert(engine, job_file, settings, now or utcnow())
     except IntegrityError:
         # The only unique key a submit can break is (batch, key): find the line to blame.
         duplicate = find_duplicate(load_job_file(path, endpoint=endpoint, name=name).jobs())
@@ -102,3 +112,6 @@ async def submit(
             f"duplicate {field} {duplicate.key!r}: every job needs its own"
             + (" (use a key template with more variables, or repeat)" if field == "key" else ""),
         ) from None
+    if submitted.job_count >= queue.ANALYZE_AFTER:
+        await queue.analyze(engine)
+    return submitted

@@ -40,13 +40,17 @@ from runner.db.queue import ClaimedRun, Outcome
 from runner.db.types import utcnow
 from runner.endpoints import EndpointError
 from runner.endpoints.client import EndpointPool
+from runner.logs import run_context
 from runner.ratelimit import Limits, estimate_tokens
+from runner.schedule import scheduler_loop
 
 log = logging.getLogger("runner.worker")
 
 WRITE_BATCH = 500
 AUTH_FAILURES_TO_GIVE_UP = 3  # 401s in a row before a worker stops claiming for an endpoint
 REGISTRY_SECONDS = 5.0  # at most this long before a worker notices others join or leave
+TAKE_BACK_SECONDS = 1.0  # claims look for expired leases at most this often while busy
+WRITE_GATHER_SECONDS = 0.02  # the writer waits this long to store results in one transaction
 
 
 def worker_id() -> str:
@@ -68,6 +72,9 @@ class WorkerStats:
     released: int = 0
     fenced_out: int = 0
     rate_limited: int = 0
+    abandoned: int = 0  # runs cancelled by a user or taken over while this worker held them
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
     # endpoint -> why this worker stopped claiming its runs
     disabled_endpoints: dict[str, str] = field(default_factory=dict)
 
@@ -83,6 +90,7 @@ class Worker:
         round_ids: Sequence[int] | None = None,
         handle_signals: bool = False,
         clock: Callable[[], datetime] = utcnow,
+        scheduler: bool | None = None,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -92,16 +100,36 @@ class Worker:
         self.round_ids = round_ids
         self.handle_signals = handle_signals
         self.clock = clock
+        # The schedule side task (runner/schedule.py). None: on for a general worker,
+        # off for one that works only the rounds it was given (runner run, replay --work).
+        self.scheduler = round_ids is None if scheduler is None else scheduler
         self.id = worker_id()
         self.stats = WorkerStats()
         self._lease = timedelta(seconds=self.config.lease_seconds)
+        # Runs this worker holds a lease on: executing, or claimed ahead and waiting for a slot.
         self._in_flight: dict[int, tuple[ClaimedRun, anyio.CancelScope]] = {}
+        self._slots = anyio.Semaphore(self.concurrency)
+        self._executing = 0
+        self.rounds_seen: set[int] = set()  # rounds this worker has claimed runs of
+        self._last_take_back = -1e9
         self._stopping = False
         self._wakeup = anyio.Event()
         self._idle = anyio.Event()
         self._jobs_scope: anyio.CancelScope | None = None
         self.limits = Limits(settings.endpoints)
         self._auth_failures: dict[str, int] = {}
+
+    # ------------------------------------------------------------ live numbers
+
+    @property
+    def executing(self) -> int:
+        """Requests in flight right now."""
+        return self._executing
+
+    @property
+    def rate_limited(self) -> int:
+        """429s seen so far, over every endpoint."""
+        return sum(limiter.rate_limited for limiter in self.limits.all())
 
     # ------------------------------------------------------------ control
 
@@ -128,7 +156,10 @@ class Worker:
     # ------------------------------------------------------------ main loop
 
     async def run(self) -> WorkerStats:
-        send, receive = anyio.create_memory_object_stream[Outcome](self.concurrency * 2)
+        # Room for a few write batches: request tasks never wait for the database.
+        send, receive = anyio.create_memory_object_stream[Outcome](
+            4 * self.concurrency + WRITE_BATCH
+        )
         pool = EndpointPool(self.settings.endpoints)
         await queue.register_worker(
             self.engine,
@@ -143,6 +174,8 @@ class Worker:
                 writer_done = anyio.Event()
                 side.start_soon(self._write_loop, receive, writer_done)
                 side.start_soon(self._heartbeat_loop)
+                if self.scheduler:
+                    side.start_soon(scheduler_loop, self.engine, self.settings, self.clock, self.id)
                 if self.handle_signals:
                     side.start_soon(self._watch_signals)
                 async with send:
@@ -156,7 +189,7 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 await pool.aclose()
                 await queue.unregister_worker(self.engine, self.id)
-        self.stats.rate_limited = sum(limiter.rate_limited for limiter in self.limits.all())
+        self.stats.rate_limited = self.rate_limited
         return self.stats
 
     async def _claim_and_execute(
@@ -165,37 +198,46 @@ class Worker:
         async with anyio.create_task_group() as jobs:
             self._jobs_scope = jobs.cancel_scope
             await self._claim_loop(jobs, send, pool)
-            if self._in_flight:
-                with anyio.move_on_after(self.config.grace_seconds):
-                    while self._in_flight:
-                        self._idle = anyio.Event()
-                        await self._idle.wait()
+            # Runs claimed ahead never start once stopping; requests in progress get the grace.
+            with anyio.move_on_after(self.config.grace_seconds):
+                while self._executing:
+                    self._idle = anyio.Event()
+                    await self._idle.wait()
             jobs.cancel_scope.cancel()
 
     async def _claim_loop(
         self, jobs: TaskGroup, send: MemoryObjectSendStream[Outcome], pool: EndpointPool
     ) -> None:
-        # Claim in batches, not one run per freed slot: a claim is a write transaction.
-        min_batch = max(1, self.concurrency // 8)
+        # A claim is a write transaction, so claim ahead in batches: hold up to three times
+        # the concurrency and claim again once a concurrency's worth has finished. Slots
+        # stay busy while the claim runs, and there is one claim per ~concurrency runs.
+        target = 3 * self.concurrency
         while not self._stopping:
-            free = self.concurrency - len(self._in_flight)
-            if free < min(min_batch, self.concurrency):
+            want = target - len(self._in_flight)
+            if want < self.concurrency:
                 await self._sleep(self.config.poll_seconds)
                 continue
+            take_back = time.monotonic() - self._last_take_back >= TAKE_BACK_SECONDS
             claimed = await queue.claim(
                 self.engine,
                 self.id,
-                free,
+                want,
                 lease=self._lease,
                 now=self.clock(),
                 round_ids=self.round_ids,
                 exclude_endpoints=list(self.stats.disabled_endpoints),
+                take_back=take_back,
             )
+            if take_back:
+                self._last_take_back = time.monotonic()
             for run in claimed:
                 scope = anyio.CancelScope()
                 self._in_flight[run.run_id] = (run, scope)
+                self.rounds_seen.add(run.round_id)
                 jobs.start_soon(self._execute, run, scope, send, pool)
-            if len(claimed) < free:
+            if len(claimed) < want:
+                # Short: look for expired leases on the next claim, not a second from now.
+                self._last_take_back = -1e9
                 if self.burst and await self._drained():
                     log.info("worker %s: nothing left to run", self.id)
                     return
@@ -233,19 +275,26 @@ class Worker:
         pool: EndpointPool,
     ) -> None:
         with scope:
-            outcome = await self._attempt(run, pool)
-            if outcome is None:  # its endpoint was given up on while it waited
-                with anyio.CancelScope(shield=True):
-                    self.stats.released += await queue.release(
-                        self.engine, self.id, [run.run_id], self.clock()
-                    )
-            else:
-                await send.send(outcome)
+            async with self._slots:
+                if self._stopping:
+                    return  # claimed ahead, never started: released when the worker stops
+                self._executing += 1
+                try:
+                    outcome = await self._attempt(run, pool)
+                    if outcome is None:  # its endpoint was given up on while it waited
+                        with anyio.CancelScope(shield=True):
+                            self.stats.released += await queue.release(
+                                self.engine, self.id, [run.run_id], self.clock()
+                            )
+                    else:
+                        await send.send(outcome)
+                finally:
+                    self._executing -= 1
         # Done, or our own scope was cancelled because the lease was lost (heartbeat):
         # either way the run is no longer ours to release. A stop cancels the task group
         # instead, which propagates past this point and leaves the run to be released.
         self._in_flight.pop(run.run_id, None)
-        if not self._in_flight:
+        if not self._executing:
             self._idle.set()
         self._wake()
 
@@ -254,7 +303,9 @@ class Worker:
         payload = json.loads(run.body)
         limiter = self.limits.get(run.endpoint, run.model)
         client = pool.get(run.endpoint)
-        async with limiter.permit(estimate_tokens(payload)) as permit:
+        # Counting prompt tokens costs more than the rest of a claim: only under a TPM limit.
+        estimate = estimate_tokens(payload) if limiter.bucket("tokens") is not None else 0
+        async with limiter.permit(estimate) as permit:
             if run.endpoint in self.stats.disabled_endpoints:
                 return None
             started_at = self.clock()
@@ -271,6 +322,8 @@ class Worker:
         self._auth_failures.pop(run.endpoint, None)
         latency = (time.perf_counter() - t0) * 1000
         self.stats.succeeded += 1
+        self.stats.prompt_tokens += completion.prompt_tokens or 0
+        self.stats.completion_tokens += completion.completion_tokens or 0
         return Outcome(
             run_id=run.run_id,
             attempt=run.attempt,
@@ -340,6 +393,7 @@ class Worker:
             exc.error_type,
             exc.message,
             f"; retry in {(retry_at - finished).total_seconds():.1f} s" if retry_at else "",
+            extra=run_context(run),
         )
         return Outcome(
             run_id=run.run_id,
@@ -363,12 +417,7 @@ class Worker:
         try:
             async with receive:
                 async for first in receive:
-                    batch = [first]
-                    while len(batch) < WRITE_BATCH:
-                        try:
-                            batch.append(receive.receive_nowait())
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
+                    batch = await self._gather(first, receive)
                     with anyio.CancelScope(shield=True):
                         stale = await queue.record(self.engine, self.id, batch)
                     if stale:
@@ -381,6 +430,22 @@ class Worker:
                         )
         finally:
             done.set()
+
+    @staticmethod
+    async def _gather(first: Outcome, receive: MemoryObjectReceiveStream[Outcome]) -> list[Outcome]:
+        """Results arriving within a few ms of each other go into one transaction."""
+        batch = [first]
+        deadline = time.monotonic() + WRITE_GATHER_SECONDS
+        while len(batch) < WRITE_BATCH:
+            try:
+                batch.append(receive.receive_nowait())
+            except anyio.EndOfStream:
+                break
+            except anyio.WouldBlock:
+                if time.monotonic() >= deadline:
+                    break
+                await anyio.sleep(0.002)
+        return batch
 
     async def _heartbeat_loop(self) -> None:
         interval = min(self.config.heartbeat_seconds, REGISTRY_SECONDS)
@@ -398,7 +463,17 @@ class Worker:
             held = await queue.heartbeat(self.engine, self.id, lease=self._lease, now=self.clock())
             for run_id, (run, scope) in list(self._in_flight.items()):
                 if run_id not in held:
-                    log.warning("run %d (key %s): lease lost, abandoning it", run_id, run.key)
+                    # Its lease passed to another worker, or a user cancelled it.
+                    log.warning(
+                        "run %d (batch %d round %d key %s): no longer ours (cancelled, or its "
+                        "lease expired), abandoning it",
+                        run_id,
+                        run.batch_id,
+                        run.round_number,
+                        run.key,
+                        extra=run_context(run),
+                    )
+                    self.stats.abandoned += 1
                     scope.cancel()
 
     async def _watch_signals(self) -> None:

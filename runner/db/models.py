@@ -93,6 +93,8 @@ class Round(Base):
     __table_args__ = (
         UniqueConstraint("batch_id", "number", name="uq_rounds_batch_number"),
         CheckConstraint(_states_check("trigger", RoundTrigger), name="ck_rounds_trigger"),
+        # One round per tick of a schedule, however many workers race to create it.
+        Index("uq_rounds_schedule_tick", "schedule_id", "scheduled_for", unique=True),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -107,6 +109,11 @@ class Round(Base):
     selection: Mapped[str | None] = mapped_column(String(100))
     # Whether stored results of identical requests were reused (``--reuse``).
     reuse: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # A schedule's round: the schedule (NULL once it is removed) and the tick it is for.
+    # No ON DELETE here: SQLite does not report one on a column added later, so removing
+    # a schedule sets this to NULL itself (queue.delete_schedule).
+    schedule_id: Mapped[int | None] = mapped_column(ForeignKey("schedules.id"))
+    scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Run(Base):
@@ -253,3 +260,107 @@ class ComparisonItem(Base):
     prompt_tokens_delta: Mapped[int | None] = mapped_column(Integer)
     completion_tokens_delta: Mapped[int | None] = mapped_column(Integer)
     embedding_distance: Mapped[float | None] = mapped_column(Float)
+
+
+class CatchUpPolicy(enum.StrEnum):
+    """Which missed ticks of a schedule run (see runner/cron.py)."""
+
+    LATEST = "latest"  # only the most recent missed tick
+    ALL = "all"  # every missed tick, oldest first
+
+
+class Schedule(Base):
+    """A batch regenerated on a cron schedule: each tick becomes a round (trigger schedule)."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        UniqueConstraint("name", name="uq_schedules_name"),
+        CheckConstraint(_states_check("catch_up", CatchUpPolicy), name="ck_schedules_catch_up"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    cron: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(100))
+    catch_up: Mapped[str] = mapped_column(String(20))
+    on_drift: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Ticks at or before this never run: when it was created, or last resumed.
+    since: Mapped[datetime] = mapped_column(UTCDateTime)
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DriftStatus(enum.StrEnum):
+    """What a scheduled round shows against the previous finished round of its batch.
+
+    The first that applies wins, in this order.
+    """
+
+    FAILURES = "failures"  # a run of the scheduled round did not succeed
+    FINGERPRINT_CHANGED = "fingerprint_changed"  # a job's system_fingerprint changed
+    OUTPUTS_CHANGED = "outputs_changed"  # some outputs differ, fingerprints did not change
+    STABLE = "stable"  # every job succeeded with byte-identical outputs
+    BASELINE = "baseline"  # no earlier finished round to compare with
+
+
+class HookState(enum.StrEnum):
+    """Where a drift report's on-drift command is (NULL: there is nothing to run)."""
+
+    PENDING = "pending"  # to be run by the next worker that claims it
+    RUNNING = "running"  # claimed by on_drift_worker (never run twice)
+    SUCCEEDED = "succeeded"  # exited 0
+    FAILED = "failed"  # non-zero exit, timeout, or could not start; on_drift_error says
+
+
+class DriftReport(Base):
+    """A finished scheduled round compared with the previous finished round of its batch."""
+
+    __tablename__ = "drift_reports"
+    __table_args__ = (
+        UniqueConstraint("round_id", name="uq_drift_reports_round"),
+        CheckConstraint(_states_check("status", DriftStatus), name="ck_drift_reports_status"),
+        CheckConstraint(
+            _states_check("on_drift_state", HookState), name="ck_drift_reports_on_drift_state"
+        ),
+        Index("ix_drift_reports_schedule", "schedule_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    schedule_id: Mapped[int | None] = mapped_column(ForeignKey("schedules.id", ondelete="SET NULL"))
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    previous_round_id: Mapped[int | None] = mapped_column(
+        ForeignKey("rounds.id", ondelete="CASCADE")
+    )
+    comparison_id: Mapped[int | None] = mapped_column(
+        ForeignKey("comparisons.id", ondelete="SET NULL")
+    )
+    status: Mapped[str] = mapped_column(String(30))
+    matched: Mapped[int] = mapped_column(Integer)
+    exact_matches: Mapped[int] = mapped_column(Integer)
+    exact_match_rate: Mapped[float | None] = mapped_column(Float)
+    mean_similarity: Mapped[float | None] = mapped_column(Float)
+    failed: Mapped[int] = mapped_column(Integer)
+    fingerprint_changed: Mapped[int] = mapped_column(Integer)
+    fingerprints_before: Mapped[str | None] = mapped_column(Text)
+    fingerprints_after: Mapped[str | None] = mapped_column(Text)
+    on_drift_command: Mapped[str | None] = mapped_column(Text)
+    on_drift_state: Mapped[str | None] = mapped_column(String(20))
+    on_drift_worker: Mapped[str | None] = mapped_column(String(200))
+    on_drift_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    on_drift_finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    on_drift_exit_code: Mapped[int | None] = mapped_column(Integer)
+    on_drift_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ModelPrice(Base):
+    """The price of a model as last configured ([prices."MODEL"] in runner.toml)."""
+
+    __tablename__ = "model_prices"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    input_per_1m: Mapped[float] = mapped_column(Float)
+    output_per_1m: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

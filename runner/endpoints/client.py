@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx2
 import openai
-from openai.types.chat import ChatCompletion
 
 from runner.config import EndpointConfig
 from runner.endpoints import Completion, EndpointError, ErrorKind
@@ -88,13 +87,34 @@ def _status_error(exc: openai.APIStatusError, redact: Redactor) -> EndpointError
     )
 
 
-def _completion(raw: Any) -> Completion:
-    http: httpx2.Response = raw.http_response
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _choices(data: Any) -> list[dict[str, Any]]:
+    """The choices of a chat completion body, in index order; ValueError if it is not one."""
+    if not isinstance(data, dict):
+        raise ValueError("the body is not a JSON object")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise ValueError("the response has no choices")
+    for choice in choices:
+        if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
+            raise ValueError("a choice has no message")
+        content = choice["message"].get("content")
+        if content is not None and not isinstance(content, str):
+            raise ValueError("a message's content is not text")
+    return sorted(choices, key=lambda c: c.get("index") or 0)
+
+
+def _completion(http: httpx2.Response) -> Completion:
+    """Read what we store from a chat completion body, leniently as the SDK does:
+    only the shape we rely on is checked (servers differ in the optional fields)."""
     text = http.text
     try:
         data = json.loads(text)
-        parsed: ChatCompletion = raw.parse()
-    except Exception as exc:  # any unparseable body is a transient server fault
+        choices = _choices(data)
+    except ValueError as exc:  # json.JSONDecodeError included: a transient server fault
         raise EndpointError(
             ErrorKind.RETRYABLE,
             "invalid_response",
@@ -102,25 +122,18 @@ def _completion(raw: Any) -> Completion:
             status=http.status_code,
             rate_limits=RateLimitInfo.from_headers(http.headers),
         ) from exc
-    if not isinstance(data, dict) or not parsed.choices:
-        raise EndpointError(
-            ErrorKind.RETRYABLE,
-            "invalid_response",
-            "the response has no choices",
-            status=http.status_code,
-        )
-    choices = sorted(parsed.choices, key=lambda c: c.index)
-    usage = parsed.usage
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    model, fingerprint, ident = data.get("model"), data.get("system_fingerprint"), data.get("id")
     return Completion(
         response=text,
-        outputs=tuple(c.message.content for c in choices),
-        finish_reason=choices[0].finish_reason,
-        model=parsed.model,
-        system_fingerprint=parsed.system_fingerprint,
-        request_id=http.headers.get("x-request-id") or parsed.id,
-        prompt_tokens=usage.prompt_tokens if usage else None,
-        completion_tokens=usage.completion_tokens if usage else None,
-        total_tokens=usage.total_tokens if usage else None,
+        outputs=tuple(c["message"].get("content") for c in choices),
+        finish_reason=choices[0].get("finish_reason"),
+        model=model if isinstance(model, str) else None,
+        system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
+        request_id=http.headers.get("x-request-id") or (ident if isinstance(ident, str) else None),
+        prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
+        completion_tokens=_int_or_none(usage.get("completion_tokens")),
+        total_tokens=_int_or_none(usage.get("total_tokens")),
         http_status=http.status_code,
         rate_limits=RateLimitInfo.from_headers(http.headers),
     )
@@ -164,13 +177,15 @@ class EndpointClient:
         )
 
     async def chat(self, body: Mapping[str, Any]) -> Completion:
-        """Send one stored request body; raise ``EndpointError`` on any failure."""
-        payload = dict(body)
-        model = payload.pop("model")
-        messages = payload.pop("messages")
+        """Send one stored request body; raise ``EndpointError`` on any failure.
+
+        The body goes through the SDK's client as it is (``post`` with the stored JSON):
+        its headers, auth, timeouts and error mapping, without re-shaping the body the
+        way ``chat.completions.create`` does (a copy that costs more than the request).
+        """
         try:
-            raw = await self._client.chat.completions.with_raw_response.create(
-                model=model, messages=messages, extra_body=payload
+            http = await self._client.post(
+                "/chat/completions", body=dict(body), cast_to=httpx2.Response
             )
         except openai.APITimeoutError:
             raise EndpointError(
@@ -187,7 +202,7 @@ class EndpointClient:
             ) from None
         except openai.APIStatusError as exc:
             raise _status_error(exc, self._redact) from None
-        return _completion(raw)
+        return _completion(http)
 
     async def aclose(self) -> None:
         await self._client.close()

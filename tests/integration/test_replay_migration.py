@@ -32,7 +32,7 @@ def test_0003_keeps_existing_runs_and_attempts(empty_db_url: str) -> None:
         with engine.begin() as conn:
             for sql in ROWS:
                 conn.execute(text(sql))
-        assert db.upgrade(empty_db_url) == ("0002", "0003")
+        assert db.upgrade(empty_db_url, "0003") == ("0002", "0003")
         with engine.connect() as conn:
             assert conn.scalar(text("SELECT count(*) FROM attempts")) == 1
             run = conn.execute(

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import click
 import pytest
 
-from runner.cli import _rate
+from runner.cli.replaying import _rate
 from runner.compare import Result, changed_most, compare_pair, fingerprint_group, summarize
 from runner.db.models import FingerprintGroup
 from runner.db.queue import sent_request, with_model

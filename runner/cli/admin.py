@@ -1,0 +1,138 @@
+"""Commands around the runner: the local model server and the database schema."""
+
+from __future__ import annotations
+
+import click
+
+from runner.cli.base import Context, main, pass_context
+from runner.db import engine as db
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_envvar=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=8000,
+    type=click.IntRange(0, 65535),
+    show_envvar=True,
+    help="Port to listen on (0: any free port).",
+)
+@click.option(
+    "--latency-ms",
+    default="0",
+    show_envvar=True,
+    help="Added latency per request: fixed ('200') or a uniform range ('50-200').",
+)
+@click.option(
+    "--rpm",
+    type=click.IntRange(min=1),
+    show_envvar=True,
+    help="Requests per minute before HTTP 429, like OpenAI [default: unlimited]",
+)
+@click.option(
+    "--tpm",
+    type=click.IntRange(min=1),
+    show_envvar=True,
+    help="Tokens per minute (prompt + max_tokens x n) before HTTP 429 [default: unlimited]",
+)
+@click.option(
+    "--fail-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    show_envvar=True,
+    help="Share of requests that fail with one of --faults.",
+)
+@click.option(
+    "--faults",
+    default="429,500,503,timeout,drop",
+    show_envvar=True,
+    help="Which faults --fail-rate draws from: 429 (a spurious rate limit with "
+    "Retry-After), 500, 503, timeout (hold the request "
+    "--hang-s seconds), drop (close the connection mid-response).",
+)
+@click.option(
+    "--hang-s",
+    default=60.0,
+    type=click.FloatRange(min=0),
+    show_envvar=True,
+    help="How long a 'timeout' fault holds the request.",
+)
+@click.option(
+    "--variant",
+    show_envvar=True,
+    help="Serve a changed model (other outputs and system_fingerprint), "
+    "to simulate a backend update.",
+)
+@click.option(
+    "--seed",
+    default=0,
+    type=int,
+    show_envvar=True,
+    help="Seed of the latency and fault draws, so a fault pattern repeats.",
+)
+def serve_cmd(
+    host: str,
+    port: int,
+    latency_ms: str,
+    rpm: int | None,
+    tpm: int | None,
+    fail_rate: float,
+    faults: str,
+    hang_s: float,
+    variant: str | None,
+    seed: int,
+) -> None:
+    """Serve the built-in local model over HTTP (OpenAI chat completions, embeddings, models).
+
+    Any OpenAI client can use it: base URL http://HOST:PORT/v1, any API key.
+    """
+    from runner.localmodel.server import ServerOptions, run_server
+
+    try:
+        options = ServerOptions(
+            host=host,
+            port=port,
+            latency_ms=latency_ms,
+            rpm=rpm,
+            tpm=tpm,
+            fail_rate=fail_rate,
+            faults=tuple(f.strip() for f in faults.split(",") if f.strip()),
+            hang_s=hang_s,
+            variant=variant,
+            seed=seed,
+            log_level="warning",
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    run_server(options)
+
+
+@main.group("db")
+def db_group() -> None:
+    """Database schema management."""
+
+
+@db_group.command("upgrade")
+@click.option("--revision", default="head", help="Target schema revision.")
+@pass_context
+def db_upgrade(obj: Context, revision: str) -> None:
+    """Create or upgrade the schema (needed once for PostgreSQL and after updates)."""
+    before, after = db.upgrade(obj.settings.database_url, revision)
+    url = db.safe_url(obj.settings.database_url)
+    if before == after:
+        click.echo(f"{url}: schema already at {after}")
+    else:
+        click.echo(f"{url}: schema upgraded from {before or 'empty'} to {after}")
+
+
+@db_group.command("current")
+@pass_context
+def db_current(obj: Context) -> None:
+    """Print the schema revision of the database and the one this version needs."""
+    engine = db.create_sync_engine(obj.settings.database_url)
+    try:
+        with engine.connect() as conn:
+            current = db.current_revision(conn)
+    finally:
+        engine.dispose()
+    click.echo(f"database: {current or 'empty'}\nrequired: {db.head_revision()}")

@@ -1,0 +1,119 @@
+"""The durable queue: every statement that writes batches, jobs, rounds, runs or attempts.
+
+One package, one module per part (submit, claims, results, replay, schedules, admin);
+this module re-exports them, so callers write ``queue.claim(...)``.
+
+One named function per statement (or per transaction that must stay together).
+Runs move ``queued -> running -> succeeded | failed | queued (retry)``; a running
+run has an owner and a lease. Claims take back runs whose lease expired, and every
+write made on behalf of a claim is fenced on ``(state='running', lease_owner,
+attempts)`` so a worker that lost its lease can never overwrite a newer result.
+
+PostgreSQL claims with ``FOR UPDATE SKIP LOCKED`` so many workers never block on
+or double-claim the same rows; on SQLite (where SQLAlchemy omits the clause)
+``BEGIN IMMEDIATE`` serialises writers instead.
+"""
+
+from __future__ import annotations
+
+from runner.db.queue._common import (
+    DEADLOCK,
+    SentRequest,
+    sent_endpoint,
+    sent_hash,
+    sent_request,
+    with_model,
+)
+from runner.db.queue.admin import (
+    ANALYZE_AFTER,
+    analyze,
+    cancel_runs,
+    requeue_runs,
+    store_prices,
+)
+from runner.db.queue.claims import (
+    ClaimedRun,
+    claim,
+    heartbeat,
+    register_worker,
+    release,
+    unregister_worker,
+    worker_heartbeat,
+)
+from runner.db.queue.replay import (
+    ITEM_CHUNK,
+    REUSE_CHUNK,
+    create_replay_round,
+    enqueue_jobs,
+    insert_comparison,
+    reuse_results,
+)
+from runner.db.queue.results import (
+    Outcome,
+    record,
+    unfinished_count,
+)
+from runner.db.queue.schedules import (
+    TICK_TRIES,
+    TickRound,
+    claim_drift_hook,
+    create_tick_round,
+    delete_schedule,
+    finish_drift_hook,
+    insert_drift_report,
+    insert_schedule,
+    pause_schedule,
+    resume_schedule,
+)
+from runner.db.queue.submit import (
+    complete_batch,
+    create_round,
+    enqueue_round,
+    insert_batch,
+    insert_jobs,
+)
+
+__all__ = [
+    "ANALYZE_AFTER",
+    "DEADLOCK",
+    "ITEM_CHUNK",
+    "REUSE_CHUNK",
+    "TICK_TRIES",
+    "ClaimedRun",
+    "Outcome",
+    "SentRequest",
+    "TickRound",
+    "analyze",
+    "cancel_runs",
+    "claim",
+    "claim_drift_hook",
+    "complete_batch",
+    "create_replay_round",
+    "create_round",
+    "create_tick_round",
+    "delete_schedule",
+    "enqueue_jobs",
+    "enqueue_round",
+    "finish_drift_hook",
+    "heartbeat",
+    "insert_batch",
+    "insert_comparison",
+    "insert_drift_report",
+    "insert_jobs",
+    "insert_schedule",
+    "pause_schedule",
+    "record",
+    "register_worker",
+    "release",
+    "requeue_runs",
+    "resume_schedule",
+    "reuse_results",
+    "sent_endpoint",
+    "sent_hash",
+    "sent_request",
+    "store_prices",
+    "unfinished_count",
+    "unregister_worker",
+    "with_model",
+    "worker_heartbeat",
+]

@@ -1,0 +1,107 @@
+"""Pieces every part of the queue uses: scopes, overrides, deadlock retries."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+from sqlalchemy import (
+    exists,
+    func,
+    true,
+)
+from sqlalchemy.exc import DBAPIError
+
+from runner.db.models import (
+    Job,
+    Round,
+    Run,
+)
+from runner.hashing import canonical_json
+
+T = TypeVar("T")
+DEADLOCK = "40P01"  # PostgreSQL's deadlock_detected
+
+
+async def _retry_deadlock(fn: Callable[[], Awaitable[T]], tries: int = 5) -> T:
+    """Run a transaction again if PostgreSQL chose it as a deadlock victim (rolled back)."""
+    for attempt in range(1, tries + 1):
+        try:
+            return await fn()
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != DEADLOCK or attempt == tries:
+                raise
+            await anyio.sleep(0.01 * attempt)
+    raise AssertionError("unreachable")
+
+
+def _in_rounds(round_ids: Sequence[int] | None) -> Any:
+    return true() if round_ids is None else Run.round_id.in_(list(round_ids))
+
+
+def _not_for(endpoints: Sequence[str]) -> Any:
+    """Runs whose request does not go to one of ``endpoints`` (a worker gave up on those)."""
+    if not endpoints:
+        return true()
+    return ~exists().where(
+        Job.id == Run.job_id, Round.id == Run.round_id, sent_endpoint().in_(list(endpoints))
+    )
+
+
+@dataclass(frozen=True)
+class SentRequest:
+    """What a run of a job sends, and where, once its round's overrides are applied."""
+
+    endpoint: str
+    model: str
+    body: str
+
+
+def with_model(body: str, model: str) -> str:
+    """The canonical ``body`` with only its ``model`` replaced (still canonical JSON)."""
+    payload = json.loads(body)
+    payload["model"] = model
+    return canonical_json(payload)
+
+
+def sent_request(
+    endpoint: str,
+    model: str,
+    body: str,
+    *,
+    endpoint_override: str | None,
+    model_override: str | None,
+) -> SentRequest:
+    """A job's endpoint, model and body with a round's overrides (None: the job's own)."""
+    if model_override is None or model_override == model:
+        return SentRequest(endpoint_override or endpoint, model, body)
+    return SentRequest(
+        endpoint_override or endpoint, model_override, with_model(body, model_override)
+    )
+
+
+def sent_endpoint() -> Any:
+    """SQL: the endpoint a run's request goes to (its round's override, else its job's)."""
+    return func.coalesce(Round.endpoint, Job.endpoint)
+
+
+def sent_hash() -> Any:
+    """SQL: the hash of the body a run sends (``runs.request_hash``, else its job's)."""
+    return func.coalesce(Run.request_hash, Job.request_hash)
+
+
+_SUCCESS_COLUMNS = (
+    "response",
+    "output",
+    "outputs",
+    "finish_reason",
+    "response_model",
+    "system_fingerprint",
+    "provider_request_id",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+)

@@ -1,0 +1,297 @@
+"""Claims, leases and their renewal, release, and the worker registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    and_,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from runner.db.models import (
+    Job,
+    Round,
+    Run,
+    RunState,
+)
+from runner.db.models import Worker as WorkerRow
+from runner.db.queue._common import (
+    _in_rounds,
+    _not_for,
+    _retry_deadlock,
+    sent_request,
+)
+from runner.db.types import UTCDateTime
+
+# ---------------------------------------------------------------- claim
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    """A run this worker now holds a lease on, with the job it executes."""
+
+    run_id: int
+    round_id: int
+    job_id: int
+    attempt: int  # the attempt number this claim is (runs.attempts after the claim)
+    max_attempts: int
+    key: str = ""
+    endpoint: str = ""
+    model: str = ""
+    body: str = ""
+    batch_id: int = 0
+    round_number: int = 0
+
+
+_RETURNING = (Run.id, Run.round_id, Run.job_id, Run.attempts, Run.max_attempts)
+
+
+async def claim(
+    engine: AsyncEngine,
+    owner: str,
+    limit: int,
+    *,
+    lease: timedelta,
+    now: datetime,
+    round_ids: Sequence[int] | None = None,
+    exclude_endpoints: Sequence[str] = (),
+    take_back: bool = True,
+) -> list[ClaimedRun]:
+    """Lease up to ``limit`` runs: expired leases first, then queued runs in order.
+
+    ``round_ids`` restricts the claim to those rounds (``runner run`` works only its own);
+    runs for ``exclude_endpoints`` are left to other workers. ``take_back=False`` skips the
+    look for expired leases (a busy worker does it about once a second, not every claim).
+    """
+    if limit <= 0:
+        return []
+    expires = now + lease
+    scope = and_(_in_rounds(round_ids), _not_for(exclude_endpoints))
+    expired = and_(Run.state == RunState.RUNNING.value, Run.lease_expires_at < now, scope)
+    async with engine.begin() as conn:
+        rows = await _take_back(conn, owner, limit, expired, now, expires) if take_back else []
+        if len(rows) < limit:
+            queued = (
+                select(Run.id)
+                .where(Run.state == RunState.QUEUED.value, Run.available_at <= now, scope)
+                .order_by(Run.available_at, Run.id)
+                .limit(limit - len(rows))
+                .with_for_update(skip_locked=True)
+            )
+            rows += list(
+                await conn.execute(
+                    update(Run)
+                    .where(Run.id.in_(queued.scalar_subquery()))
+                    .values(
+                        state=RunState.RUNNING.value,
+                        lease_owner=owner,
+                        lease_expires_at=expires,
+                        attempts=Run.attempts + 1,
+                        started_at=func.coalesce(Run.started_at, literal(now, UTCDateTime())),
+                    )
+                    .returning(*_RETURNING)
+                )
+            )
+    if not rows:
+        return []
+    return await _with_jobs(engine, rows)
+
+
+async def _take_back(
+    conn: AsyncConnection, owner: str, limit: int, expired: Any, now: datetime, expires: datetime
+) -> list[Any]:
+    """Lease runs whose worker's lease expired; fail those with no attempts left."""
+    # A run whose worker died with no attempts left fails instead of looping forever.
+    exhausted = (
+        select(Run.id)
+        .where(expired, Run.attempts >= Run.max_attempts)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    await conn.execute(
+        update(Run)
+        .where(Run.id.in_(exhausted.scalar_subquery()))
+        .values(
+            state=RunState.FAILED.value,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            error_type="lease_expired",
+            error_status=None,
+            error_message="the worker running it stopped (lease expired) and no attempts are left",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    retaken = (
+        select(Run.id)
+        .where(expired)
+        .order_by(Run.lease_expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = list(
+        await conn.execute(
+            update(Run)
+            .where(Run.id.in_(retaken.scalar_subquery()))
+            .values(lease_owner=owner, lease_expires_at=expires, attempts=Run.attempts + 1)
+            .returning(*_RETURNING)
+        )
+    )
+    return rows
+
+
+async def _with_jobs(engine: AsyncEngine, rows: Sequence[Any]) -> list[ClaimedRun]:
+    """Attach the (immutable) job of each claimed run, read after the claim committed."""
+    job_ids = sorted({row.job_id for row in rows})
+    round_ids = sorted({row.round_id for row in rows})
+    async with engine.connect() as conn:
+        jobs = {
+            j.id: j
+            for j in await conn.execute(
+                select(Job.id, Job.key, Job.endpoint, Job.model, Job.body, Job.batch_id).where(
+                    Job.id.in_(job_ids)
+                )
+            )
+        }
+        rounds = {
+            r.id: r
+            for r in await conn.execute(
+                select(Round.id, Round.number, Round.endpoint, Round.model).where(
+                    Round.id.in_(round_ids)
+                )
+            )
+        }
+    claimed = []
+    for row in sorted(rows, key=lambda r: r.id):
+        job = jobs[row.job_id]
+        rnd = rounds[row.round_id]
+        # A replay round may send the job elsewhere or to another model (see ``replay``).
+        sent = sent_request(
+            job.endpoint,
+            job.model,
+            job.body,
+            endpoint_override=rnd.endpoint,
+            model_override=rnd.model,
+        )
+        claimed.append(
+            ClaimedRun(
+                run_id=row.id,
+                round_id=row.round_id,
+                job_id=row.job_id,
+                attempt=row.attempts,
+                max_attempts=row.max_attempts,
+                key=job.key,
+                endpoint=sent.endpoint,
+                model=sent.model,
+                body=sent.body,
+                batch_id=job.batch_id,
+                round_number=rnd.number,
+            )
+        )
+    return claimed
+
+
+async def heartbeat(
+    engine: AsyncEngine, owner: str, *, lease: timedelta, now: datetime
+) -> set[int]:
+    """Extend every lease ``owner`` still holds; returns the ids it still holds."""
+    held = (
+        select(Run.id)
+        .where(Run.state == RunState.RUNNING.value, Run.lease_owner == owner)
+        .order_by(Run.id)
+        .with_for_update()
+    )
+
+    async def renew() -> set[int]:
+        async with engine.begin() as conn:
+            result = await conn.execute(
+                update(Run)
+                .where(Run.id.in_(held.scalar_subquery()))
+                .values(lease_expires_at=now + lease)
+                .returning(Run.id)
+            )
+            return set(result.scalars())
+
+    return await _retry_deadlock(renew)
+
+
+# ---------------------------------------------------------------- worker registry
+
+
+async def register_worker(
+    engine: AsyncEngine,
+    worker_id: str,
+    *,
+    hostname: str,
+    pid: int,
+    concurrency: int,
+    now: datetime,
+) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(WorkerRow).values(
+                id=worker_id,
+                hostname=hostname,
+                pid=pid,
+                concurrency=concurrency,
+                started_at=now,
+                heartbeat_at=now,
+            )
+        )
+
+
+async def worker_heartbeat(
+    engine: AsyncEngine, worker_id: str, *, now: datetime, alive_within: timedelta
+) -> int:
+    """Renew this worker's registration, forget dead ones; returns how many are alive."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(WorkerRow).where(WorkerRow.id == worker_id).values(heartbeat_at=now)
+        )
+        await conn.execute(
+            delete(WorkerRow).where(WorkerRow.heartbeat_at < now - 10 * alive_within)
+        )
+        alive = await conn.scalar(
+            select(func.count())
+            .select_from(WorkerRow)
+            .where(WorkerRow.heartbeat_at >= now - alive_within)
+        )
+    return max(1, int(alive or 0))
+
+
+async def unregister_worker(engine: AsyncEngine, worker_id: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(delete(WorkerRow).where(WorkerRow.id == worker_id))
+
+
+async def release(engine: AsyncEngine, owner: str, run_ids: Iterable[int], now: datetime) -> int:
+    """Put runs this worker gave up on (graceful stop) back to ``queued``.
+
+    Their attempt did not complete, so it is not counted.
+    """
+    ids = sorted(run_ids)
+    if not ids:
+        return 0
+    async with engine.begin() as conn:
+        result = await conn.execute(
+            update(Run)
+            .where(Run.id.in_(ids), Run.state == RunState.RUNNING.value, Run.lease_owner == owner)
+            .values(
+                state=RunState.QUEUED.value,
+                lease_owner=None,
+                lease_expires_at=None,
+                available_at=now,
+                attempts=Run.attempts - 1,
+            )
+        )
+        return int(result.rowcount)
