@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runner.config import Settings
@@ -134,7 +134,7 @@ async def queue_replay(
     round_id, number = await queue.create_replay_round(
         conn, batch.id, now=now, endpoint=endpoint, model=model, selection=described, reuse=reuse
     )
-    attempts = await _max_attempts(conn, batch.id) or settings.worker.max_attempts
+    attempts = await queue.tries_per_run(conn, batch.id) or settings.worker.max_attempts
     for start in range(0, len(job_ids), CHUNK):
         runs = await _sent_hashes(conn, job_ids[start : start + CHUNK], model)
         await queue.enqueue_jobs(conn, round_id, runs, max_attempts=attempts, now=now)
@@ -254,19 +254,6 @@ async def _changed(conn: AsyncConnection, latest: dict[int, list[tuple[int, str]
         for job, ((new, new_state), (old, old_state)) in pairs.items()
         if new_state != old_state or outputs[new] != outputs[old]
     }
-
-
-async def _max_attempts(conn: AsyncConnection, batch_id: int) -> int | None:
-    """The batch's tries per run as its first round had them (a job file may set it)."""
-    first = (
-        select(Round.id)
-        .where(Round.batch_id == batch_id)
-        .order_by(Round.number)
-        .limit(1)
-        .scalar_subquery()
-    )
-    value = await conn.scalar(select(func.max(Run.max_attempts)).where(Run.round_id == first))
-    return int(value) if value is not None else None
 
 
 async def _sent_hashes(

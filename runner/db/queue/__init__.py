@@ -64,6 +64,7 @@ from runner.db.queue.schedules import (
     insert_schedule,
     pause_schedule,
     resume_schedule,
+    tries_per_run,
 )
 from runner.db.queue.submit import (
     complete_batch,
@@ -112,6 +113,7 @@ __all__ = [
     "sent_hash",
     "sent_request",
     "store_prices",
+    "tries_per_run",
     "unfinished_count",
     "unregister_worker",
     "with_model",

@@ -128,7 +128,7 @@ class TickRound:
     runs: int
 
 
-async def _tries_per_run(conn: AsyncConnection, batch_id: int) -> int | None:
+async def tries_per_run(conn: AsyncConnection, batch_id: int) -> int | None:
     """The batch's tries per run as its first round had them (a job file may set it)."""
     first = (
         select(Round.id)
@@ -193,7 +193,7 @@ async def create_tick_round(
             round_id = inserted.scalar_one_or_none()
             if round_id is None:
                 return None  # another worker created this tick's round
-            tries = await _tries_per_run(conn, batch_id) or max_attempts
+            tries = await tries_per_run(conn, batch_id) or max_attempts
             await enqueue_round(conn, round_id, batch_id, max_attempts=tries, now=now)
             # (rowcount of an INSERT ... SELECT is -1 through psycopg: count instead)
             runs = await conn.scalar(select(func.count()).where(Run.round_id == round_id))
