@@ -300,18 +300,18 @@ class Worker:
 
     async def _attempt(self, run: ClaimedRun, pool: EndpointPool) -> Outcome | None:
         """One try of a run under its endpoint's limits; None if the endpoint was given up."""
-        payload = json.loads(run.body)
         limiter = self.limits.get(run.endpoint, run.model)
         client = pool.get(run.endpoint)
         # Counting prompt tokens costs more than the rest of a claim: only under a TPM limit.
-        estimate = estimate_tokens(payload) if limiter.bucket("tokens") is not None else 0
+        metered = limiter.bucket("tokens") is not None
+        estimate = estimate_tokens(json.loads(run.body)) if metered else 0
         async with limiter.permit(estimate) as permit:
             if run.endpoint in self.stats.disabled_endpoints:
                 return None
             started_at = self.clock()
             t0 = time.perf_counter()
             try:
-                completion = await client.chat(payload)
+                completion = await client.chat(run.body)
             except EndpointError as exc:
                 permit.settle(None, exc.rate_limits)
                 if exc.status == 429 and exc.retryable:

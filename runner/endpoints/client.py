@@ -1,8 +1,13 @@
 """The OpenAI-compatible endpoint client, used for remote servers and the local model alike.
 
-The stored canonical body is sent as it is: ``model`` and ``messages`` through the
-SDK's arguments, every other key through ``extra_body``, so the JSON the server
-receives equals the stored body (tests check this byte for byte after parsing).
+The stored canonical body is sent as it is, byte for byte, through the SDK's client (its
+headers, auth, timeouts and error mapping), so the server receives exactly the JSON that
+is stored with the run (tests check the bytes).
+
+Remote endpoints use the SDK's aiohttp transport (``openai.DefaultAioHttpClient``, the
+SDK's documented option for high concurrency): with hundreds of connections open it
+costs less than half the CPU per request of the default httpx2 pool, which is what
+bounds a worker's throughput against a slow endpoint.
 """
 
 from __future__ import annotations
@@ -139,6 +144,29 @@ def _completion(http: httpx2.Response) -> Completion:
     )
 
 
+def _connection_error(
+    exc: openai.APIConnectionError, timeout: float, redact: Redactor
+) -> EndpointError:
+    """A timeout or a lost connection, told apart by the transport's own exception.
+
+    The aiohttp transport reports a refused connection as a connect timeout, so the
+    SDK's exception class alone cannot tell the two apart: the end of the cause chain can.
+    """
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    root = chain[-1]  # what the socket said: a timeout, or a refused / reset / cut connection
+    if isinstance(root, (TimeoutError, httpx2.TimeoutException)):
+        return EndpointError(ErrorKind.RETRYABLE, "timeout", f"no response within {timeout:g} s")
+    return EndpointError(
+        ErrorKind.RETRYABLE,
+        "connection_error",
+        redact(f"{type(root).__name__}: {root}")[:500],
+    )
+
+
 class EndpointClient:
     """One endpoint's SDK client; create it inside the running event loop."""
 
@@ -163,9 +191,11 @@ class EndpointClient:
                     "is not set (it must hold the API key)"
                 )
             base_url = config.base_url or ""
-            http_client = httpx2.AsyncClient(
+            # The worker's semaphore and the endpoint's max_concurrency bound requests in
+            # flight; the pool only must not be the tighter bound (aiohttp's default is 100).
+            http_client = openai.DefaultAioHttpClient(
                 timeout=config.timeout,
-                limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=1000),
+                limits=httpx2.Limits(max_connections=4096, max_keepalive_connections=4096),
             )
         self._redact = Redactor(api_key)
         self._client = openai.AsyncOpenAI(
@@ -176,30 +206,21 @@ class EndpointClient:
             http_client=http_client,
         )
 
-    async def chat(self, body: Mapping[str, Any]) -> Completion:
-        """Send one stored request body; raise ``EndpointError`` on any failure.
+    async def chat(self, body: str | Mapping[str, Any]) -> Completion:
+        """Send one request body (the stored JSON text, or a mapping to serialise);
+        raise ``EndpointError`` on any failure.
 
-        The body goes through the SDK's client as it is (``post`` with the stored JSON):
-        its headers, auth, timeouts and error mapping, without re-shaping the body the
-        way ``chat.completions.create`` does (a copy that costs more than the request).
+        The JSON goes through the SDK's client as it is (``post`` with the bytes), without
+        re-shaping the body the way ``chat.completions.create`` does (a copy that costs
+        more than the request).
         """
+        content = (body if isinstance(body, str) else json.dumps(body)).encode()
         try:
             http = await self._client.post(
-                "/chat/completions", body=dict(body), cast_to=httpx2.Response
+                "/chat/completions", content=content, cast_to=httpx2.Response
             )
-        except openai.APITimeoutError:
-            raise EndpointError(
-                ErrorKind.RETRYABLE,
-                "timeout",
-                f"no response within {self.config.timeout:g} s",
-            ) from None
-        except openai.APIConnectionError as exc:
-            cause = exc.__cause__ or exc
-            raise EndpointError(
-                ErrorKind.RETRYABLE,
-                "connection_error",
-                self._redact(f"{type(cause).__name__}: {cause}")[:500],
-            ) from None
+        except openai.APIConnectionError as exc:  # APITimeoutError included
+            raise _connection_error(exc, self.config.timeout, self._redact) from None
         except openai.APIStatusError as exc:
             raise _status_error(exc, self._redact) from None
         return _completion(http)
