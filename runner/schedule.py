@@ -341,10 +341,16 @@ async def run_pass(
 
 
 async def scheduler_loop(
-    engine: AsyncEngine, settings: Settings, clock: Callable[[], datetime], owner: str
+    engine: AsyncEngine,
+    settings: Settings,
+    clock: Callable[[], datetime],
+    owner: str,
+    stop: anyio.Event,
 ) -> None:
     """The side task of every ``runner work``: one pass, then another every
-    ``worker.schedule_seconds``, on the worker's clock. An error stops the worker."""
-    while True:
+    ``worker.schedule_seconds``, on the worker's clock, until ``stop`` is set (a pass
+    under way finishes first). An error stops the worker."""
+    while not stop.is_set():
         await run_pass(engine, settings, clock, owner)
-        await anyio.sleep(settings.worker.schedule_seconds)
+        with anyio.move_on_after(settings.worker.schedule_seconds):
+            await stop.wait()

@@ -115,6 +115,7 @@ class Worker:
         self._stopping = False
         self._wakeup = anyio.Event()
         self._idle = anyio.Event()
+        self._loops_stop = anyio.Event()  # heartbeat and scheduler: finish the step, then end
         self._jobs_scope: anyio.CancelScope | None = None
         self.limits = Limits(settings.endpoints)
         self._auth_failures: dict[str, int] = {}
@@ -170,21 +171,34 @@ class Worker:
             now=self.clock(),
         )
         try:
-            async with anyio.create_task_group() as side:
-                writer_done = anyio.Event()
-                side.start_soon(self._write_loop, receive, writer_done)
-                side.start_soon(self._heartbeat_loop)
-                if self.scheduler:
-                    side.start_soon(scheduler_loop, self.engine, self.settings, self.clock, self.id)
+            # Signals are watched in a scope that is cancelled at the end; the loops that
+            # use the database are asked to stop instead, and finish the step they are in:
+            # cancelling a query midway makes SQLAlchemy terminate its connection, and
+            # aiosqlite can leave that close waiting forever at event loop shutdown.
+            async with anyio.create_task_group() as signals:
                 if self.handle_signals:
-                    side.start_soon(self._watch_signals)
-                async with send:
-                    try:
-                        await self._claim_and_execute(send, pool)
-                    finally:
-                        await self._release_unfinished()
-                await writer_done.wait()
-                side.cancel_scope.cancel()
+                    signals.start_soon(self._watch_signals)
+                async with anyio.create_task_group() as loops:
+                    loops.start_soon(self._write_loop, receive)
+                    loops.start_soon(self._heartbeat_loop)
+                    if self.scheduler:
+                        loops.start_soon(
+                            scheduler_loop,
+                            self.engine,
+                            self.settings,
+                            self.clock,
+                            self.id,
+                            self._loops_stop,
+                        )
+                    async with send:
+                        try:
+                            await self._claim_and_execute(send, pool)
+                        finally:
+                            await self._release_unfinished()
+                    # The writer stores what is left, then ends with the closed stream.
+                    self._loops_stop.set()
+                    loops.cancel_scope.deadline = anyio.current_time() + self.config.grace_seconds
+                signals.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await pool.aclose()
@@ -411,25 +425,20 @@ class Worker:
 
     # ------------------------------------------------------------ side tasks
 
-    async def _write_loop(
-        self, receive: MemoryObjectReceiveStream[Outcome], done: anyio.Event
-    ) -> None:
-        try:
-            async with receive:
-                async for first in receive:
-                    batch = await self._gather(first, receive)
-                    with anyio.CancelScope(shield=True):
-                        stale = await queue.record(self.engine, self.id, batch)
-                    if stale:
-                        self.stats.fenced_out += stale
-                        log.warning(
-                            "worker %s: %d results were not stored: their lease had "
-                            "passed to another worker",
-                            self.id,
-                            stale,
-                        )
-        finally:
-            done.set()
+    async def _write_loop(self, receive: MemoryObjectReceiveStream[Outcome]) -> None:
+        async with receive:
+            async for first in receive:
+                batch = await self._gather(first, receive)
+                with anyio.CancelScope(shield=True):
+                    stale = await queue.record(self.engine, self.id, batch)
+                if stale:
+                    self.stats.fenced_out += stale
+                    log.warning(
+                        "worker %s: %d results were not stored: their lease had "
+                        "passed to another worker",
+                        self.id,
+                        stale,
+                    )
 
     @staticmethod
     async def _gather(first: Outcome, receive: MemoryObjectReceiveStream[Outcome]) -> list[Outcome]:
@@ -452,7 +461,10 @@ class Worker:
         alive_within = timedelta(seconds=3 * interval)
         last_lease_renewal = time.monotonic()
         while True:
-            await anyio.sleep(interval)
+            with anyio.move_on_after(interval):
+                await self._loops_stop.wait()
+            if self._loops_stop.is_set():
+                return
             live = await queue.worker_heartbeat(
                 self.engine, self.id, now=self.clock(), alive_within=alive_within
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sys
 from collections.abc import Awaitable, Callable
@@ -58,10 +59,29 @@ class Context:
                 return await fn(engine)
             finally:
                 await engine.dispose()
+                await _end_leftover_tasks()
 
         # asyncio: aiolimiter needs it. (uvloop made `runner run` hang at loop close in
         # one test, with no signal getting through to the timeout: not worth it yet.)
         return anyio.run(main, backend="asyncio")
+
+
+async def _end_leftover_tasks() -> None:
+    """Cancel what is still running when a command's work is done, more than once if need be.
+
+    asyncio's shutdown cancels leftover tasks once and then waits for them without a
+    limit. When a query was cancelled midway, SQLAlchemy closes its aiosqlite connection
+    in a task of its own, and aiosqlite's close can wait, after that one cancellation,
+    for a thread that has already ended: the process would never exit.
+    """
+    current = asyncio.current_task()
+    for _ in range(5):
+        left = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
+        if not left:
+            return
+        for task in left:
+            task.cancel()
+        await asyncio.wait(left, timeout=0.5)
 
 
 pass_context = click.make_pass_decorator(Context)
