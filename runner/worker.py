@@ -222,10 +222,12 @@ class Worker:
     async def _claim_loop(
         self, jobs: TaskGroup, send: MemoryObjectSendStream[Outcome], pool: EndpointPool
     ) -> None:
-        # A claim is a write transaction, so claim ahead in batches: hold up to three times
-        # the concurrency and claim again once a concurrency's worth has finished. Slots
-        # stay busy while the claim runs, and there is one claim per ~concurrency runs.
-        target = 3 * self.concurrency
+        # A claim is a write transaction, so claim ahead in batches: hold up to four times
+        # the concurrency and claim again once a concurrency's worth has finished. When a
+        # claim starts, two concurrencies' worth still wait for a slot, which keeps the
+        # slots busy while the claim waits its turn for the database behind the writer's
+        # transactions; and there is one claim per ~concurrency runs.
+        target = 4 * self.concurrency
         while not self._stopping:
             want = target - len(self._in_flight)
             if want < self.concurrency:
@@ -472,9 +474,15 @@ class Worker:
             if time.monotonic() - last_lease_renewal < self.config.heartbeat_seconds * 0.99:
                 continue
             last_lease_renewal = time.monotonic()
-            held = await queue.heartbeat(self.engine, self.id, lease=self._lease, now=self.clock())
-            for run_id, (run, scope) in list(self._in_flight.items()):
-                if run_id not in held:
+            # Judge only runs held before the query: a claim committing meanwhile adds runs
+            # this heartbeat could not have seen (abandoning them would strand them).
+            before = list(self._in_flight)
+            held = await queue.heartbeat(
+                self.engine, self.id, before, lease=self._lease, now=self.clock()
+            )
+            for run_id in before:
+                if run_id not in held and run_id in self._in_flight:
+                    run, scope = self._in_flight[run_id]
                     # Its lease passed to another worker, or a user cancelled it.
                     log.warning(
                         "run %d (batch %d round %d key %s): no longer ours (cancelled, or its "

@@ -57,8 +57,11 @@ async def test_expired_lease_is_taken_back_and_stale_owner_is_fenced_out(
     later = T0 + LEASE + timedelta(seconds=1)
     (new,) = await queue.claim(engine, "new", 1, lease=LEASE, now=later)
     assert new.run_id == old.run_id and new.attempt == 2
-    assert await queue.heartbeat(engine, "old", lease=LEASE, now=later) == set()
-    assert await queue.heartbeat(engine, "new", lease=LEASE, now=later) == {new.run_id}
+    ids = [old.run_id]
+    assert await queue.heartbeat(engine, "old", ids, lease=LEASE, now=later) == set()
+    assert await queue.heartbeat(engine, "new", ids, lease=LEASE, now=later) == {new.run_id}
+    # Only the runs named are renewed: one a worker no longer tracks is left to expire.
+    assert await queue.heartbeat(engine, "new", [], lease=LEASE, now=later) == set()
     # The stale worker's late result is not stored; the owner's is.
     assert await queue.record(engine, "old", [success(old, later, "stale")]) == 1
     assert await queue.record(engine, "new", [success(new, later, "fresh")]) == 0

@@ -102,9 +102,8 @@ async def claim(
                     .returning(*_RETURNING)
                 )
             )
-    if not rows:
-        return []
-    return await _with_jobs(engine, rows)
+        # In the same transaction: a claim is one connection and one commit.
+        return await _with_jobs(conn, rows) if rows else []
 
 
 async def _take_back(
@@ -150,38 +149,36 @@ async def _take_back(
     return rows
 
 
-async def _with_jobs(engine: AsyncEngine, rows: Sequence[Any]) -> list[ClaimedRun]:
-    """Attach the (immutable) job of each claimed run, read after the claim committed."""
-    job_ids = sorted({row.job_id for row in rows})
-    round_ids = sorted({row.round_id for row in rows})
-    async with engine.connect() as conn:
-        jobs = {
-            j.id: j
-            for j in await conn.execute(
-                select(Job.id, Job.key, Job.endpoint, Job.model, Job.body, Job.batch_id).where(
-                    Job.id.in_(job_ids)
-                )
-            )
-        }
-        rounds = {
-            r.id: r
-            for r in await conn.execute(
-                select(Round.id, Round.number, Round.endpoint, Round.model).where(
-                    Round.id.in_(round_ids)
-                )
-            )
-        }
+async def _with_jobs(conn: AsyncConnection, rows: Sequence[Any]) -> list[ClaimedRun]:
+    """Attach the (immutable) job and round of each claimed run: one query."""
+    by_run = {row.id: row for row in rows}
+    found = await conn.execute(
+        select(
+            Run.id,
+            Job.key,
+            Job.endpoint,
+            Job.model,
+            Job.body,
+            Job.batch_id,
+            Round.number,
+            Round.endpoint.label("round_endpoint"),
+            Round.model.label("round_model"),
+        )
+        .join(Job, Job.id == Run.job_id)
+        .join(Round, Round.id == Run.round_id)
+        .where(Run.id.in_(sorted(by_run)))
+        .order_by(Run.id)
+    )
     claimed = []
-    for row in sorted(rows, key=lambda r: r.id):
-        job = jobs[row.job_id]
-        rnd = rounds[row.round_id]
+    for job in found:
+        row = by_run[job.id]
         # A replay round may send the job elsewhere or to another model (see ``replay``).
         sent = sent_request(
             job.endpoint,
             job.model,
             job.body,
-            endpoint_override=rnd.endpoint,
-            model_override=rnd.model,
+            endpoint_override=job.round_endpoint,
+            model_override=job.round_model,
         )
         claimed.append(
             ClaimedRun(
@@ -195,19 +192,26 @@ async def _with_jobs(engine: AsyncEngine, rows: Sequence[Any]) -> list[ClaimedRu
                 model=sent.model,
                 body=sent.body,
                 batch_id=job.batch_id,
-                round_number=rnd.number,
+                round_number=job.number,
             )
         )
     return claimed
 
 
 async def heartbeat(
-    engine: AsyncEngine, owner: str, *, lease: timedelta, now: datetime
+    engine: AsyncEngine, owner: str, run_ids: Iterable[int], *, lease: timedelta, now: datetime
 ) -> set[int]:
-    """Extend every lease ``owner`` still holds; returns the ids it still holds."""
+    """Extend the leases ``owner`` still holds among ``run_ids``; returns those ids.
+
+    Only the runs the worker names: a run it no longer tracks (however that came about)
+    is left to expire and be taken back, never renewed forever.
+    """
+    ids = sorted(run_ids)
+    if not ids:
+        return set()
     held = (
         select(Run.id)
-        .where(Run.state == RunState.RUNNING.value, Run.lease_owner == owner)
+        .where(Run.id.in_(ids), Run.state == RunState.RUNNING.value, Run.lease_owner == owner)
         .order_by(Run.id)
         .with_for_update()
     )
