@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -125,6 +125,25 @@ def main(ctx: click.Context, database_url: str | None, log_level: str, log_forma
     settings = load_settings(database_url=database_url)
     setup_logging(log_level, log_format, (e.api_key_env for e in settings.endpoints.values()))
     ctx.obj = Context(settings)
+
+
+def _format(
+    envvar: str,
+    choices: Sequence[str] = ("table", "json"),
+    *,
+    default: str = "table",
+    help: str = "table for people, json for scripts.",
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The ``--format`` option (passed as ``fmt``), the same on every command that has one."""
+    return click.option(
+        "--format",
+        "fmt",
+        envvar=envvar,
+        type=click.Choice(list(choices)),
+        default=default,
+        show_envvar=True,
+        help=help,
+    )
 
 
 _concurrency = click.option(

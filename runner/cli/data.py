@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from runner import export, sql, tabular
-from runner.cli.base import Context, T, _terminal, main, pass_context
+from runner.cli.base import Context, T, _format, _terminal, main, pass_context
 
 
 def _stdout_pipe(write: Callable[[], T]) -> T:
@@ -36,13 +36,9 @@ def _stdout_pipe(write: Callable[[], T]) -> T:
     show_envvar=True,
     help="Read the statement from this file ('-': standard input).",
 )
-@click.option(
-    "--format",
-    "fmt",
-    envvar="RUNNER_SQL_FORMAT",
-    type=click.Choice(tabular.FORMATS),
-    default="table",
-    show_envvar=True,
+@_format(
+    "RUNNER_SQL_FORMAT",
+    tabular.FORMATS,
     help="table for people; csv, json (an array of objects) or jsonl (an object a line).",
 )
 @pass_context
@@ -82,13 +78,10 @@ def sql_cmd(obj: Context, statement: str | None, statement_file: Path | None, fm
     show_envvar=True,
     help="Round number [default: the latest]",
 )
-@click.option(
-    "--format",
-    "fmt",
-    envvar="RUNNER_EXPORT_FORMAT",
-    type=click.Choice(export.FORMATS),
+@_format(
+    "RUNNER_EXPORT_FORMAT",
+    export.FORMATS,
     default="jsonl",
-    show_envvar=True,
     help="openai-batch: OpenAI Batch API output lines (custom_id = job key); "
     "jsonl: one object of run_results columns a line; csv: the same columns.",
 )

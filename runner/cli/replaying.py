@@ -10,7 +10,7 @@ import click
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner import output, render
-from runner.cli.base import Context, _concurrency, _terminal, main, pass_context
+from runner.cli.base import Context, _concurrency, _format, _terminal, main, pass_context
 from runner.compare import ComparisonReport, EmbeddingOptions, compare
 from runner.config import Settings
 from runner.diff import JobDiff, diff_job
@@ -167,13 +167,9 @@ def replay_cmd(
 @click.argument("batch")
 @click.argument("other_batch", required=False)
 @_rounds_option
-@click.option(
-    "--format",
-    "fmt",
-    envvar="RUNNER_COMPARE_FORMAT",
-    type=click.Choice(["table", "json", "csv"]),
-    default="table",
-    show_envvar=True,
+@_format(
+    "RUNNER_COMPARE_FORMAT",
+    ["table", "json", "csv"],
     help="table: summary for people; json: everything; csv: per job.",
 )
 @click.option(
@@ -317,15 +313,7 @@ def diff_cmd(obj: Context, batch: str, key: str, rounds: tuple[int, int] | None)
     show_envvar=True,
     help="The table lists at most this many jobs, the least deterministic first.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    envvar="RUNNER_VERIFY_FORMAT",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_envvar=True,
-    help="table for people, json for scripts.",
-)
+@_format("RUNNER_VERIFY_FORMAT")
 @_concurrency
 @pass_context
 def verify_cmd(

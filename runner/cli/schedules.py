@@ -7,7 +7,7 @@ from typing import Any
 import click
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runner.cli.base import Context, _clock, _concurrency, _terminal, main, pass_context
+from runner.cli.base import Context, _clock, _concurrency, _format, _terminal, main, pass_context
 from runner.db.types import utcnow
 from runner.drift import history
 from runner.schedule import (
@@ -106,15 +106,7 @@ def schedule_add(
 
 
 @schedule_group.command("list")
-@click.option(
-    "--format",
-    "fmt",
-    envvar="RUNNER_SCHEDULE_LIST_FORMAT",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_envvar=True,
-    help="table for people, json for scripts.",
-)
+@_format("RUNNER_SCHEDULE_LIST_FORMAT")
 @pass_context
 def schedule_list(obj: Context, fmt: str) -> None:
     """Every schedule: cron, time zone, next and last tick, latest drift status."""
@@ -221,15 +213,7 @@ def schedule_run_due(
     show_envvar=True,
     help="Show the latest N reports.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    envvar="RUNNER_DRIFT_FORMAT",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_envvar=True,
-    help="table for people, json for scripts.",
-)
+@_format("RUNNER_DRIFT_FORMAT")
 @pass_context
 def drift_cmd(obj: Context, schedule: str | None, limit: int, fmt: str) -> None:
     """Drift reports of SCHEDULE (or of all schedules), oldest first.
