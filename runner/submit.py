@@ -1,8 +1,9 @@
 """Submitting a job file: all of it in one transaction, or nothing.
 
-Jobs stream from the parser into the database in chunks, so a file of a million
-lines is never held in memory. Any error (parser, duplicate key, database)
-rolls the whole transaction back: no batch row, no jobs, no runs.
+Jobs stream from the parser into the database (one COPY on PostgreSQL, chunks on
+SQLite), so a file of a million lines is never held in memory. Any error (parser,
+duplicate key, database) rolls the whole transaction back: no batch row, no jobs, no
+runs.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from runner.db.types import utcnow
 from runner.errors import JobFileError, ScheduleError
 from runner.jobfile import JobFile, find_duplicate, load_job_file
 from runner.schedule import create_schedule
-
-CHUNK = 2000
 
 
 @dataclass(frozen=True)
@@ -68,16 +67,7 @@ async def _insert(
                 )
             except ScheduleError as exc:
                 raise JobFileError(str(job_file.path), None, "schedule", exc.message) from None
-        count = 0
-        chunk: list[dict[str, Any]] = []
-        for job in job_file.jobs():
-            chunk.append(_row(batch_id, job))
-            if len(chunk) >= CHUNK:
-                await queue.insert_jobs(conn, chunk)
-                count += len(chunk)
-                chunk = []
-        await queue.insert_jobs(conn, chunk)
-        count += len(chunk)
+        count = await queue.insert_jobs(conn, (_row(batch_id, job) for job in job_file.jobs()))
         await queue.complete_batch(conn, batch_id, job_count=count, source_sha256=job_file.sha256)
         round_id, number = await queue.create_round(conn, batch_id, RoundTrigger.SUBMIT, now)
         max_attempts = job_file.max_attempts or settings.worker.max_attempts

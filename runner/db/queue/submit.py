@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from datetime import datetime
+from itertools import islice
 from typing import Any
 
 from sqlalchemy import (
@@ -13,6 +14,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.db.models import (
@@ -52,10 +54,50 @@ async def insert_batch(
     return int(result.scalar_one())
 
 
-async def insert_jobs(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert a chunk of jobs (dicts with the Job columns)."""
-    if rows:
-        await conn.execute(insert(Job), list(rows))
+_JOB_COLUMNS = (
+    "batch_id",
+    "key",
+    "endpoint",
+    "model",
+    "body",
+    "request_hash",
+    "seed",
+    "source_line",
+)
+JOB_CHUNK = 2000  # jobs per INSERT on SQLite
+_COPY_JOBS = f"COPY jobs ({', '.join(_JOB_COLUMNS)}) FROM STDIN"
+
+
+async def insert_jobs(conn: AsyncConnection, rows: Iterable[dict[str, Any]]) -> int:
+    """Insert jobs (dicts with the Job columns) as they come, in the connection's
+    transaction; returns how many.
+
+    PostgreSQL loads them with one COPY (psycopg's ``copy``) that streams while the file
+    is still being parsed, so the server's work overlaps ours; SQLite takes chunks of
+    ``JOB_CHUNK`` with executemany. A failure surfaces as SQLAlchemy's exception either
+    way (a duplicate key is an ``IntegrityError``, which ``runner.submit`` turns into
+    the line to blame).
+    """
+    if conn.dialect.name != "postgresql":
+        count = 0
+        source = iter(rows)
+        while chunk := list(islice(source, JOB_CHUNK)):
+            await conn.execute(insert(Job), chunk)
+            count += len(chunk)
+        return count
+    import psycopg  # only the PostgreSQL backend has it loaded
+
+    raw = await conn.get_raw_connection()
+    driver: Any = raw.driver_connection
+    count = 0
+    try:
+        async with driver.cursor() as cursor, cursor.copy(_COPY_JOBS) as copy:
+            for row in rows:
+                await copy.write_row(tuple(row[c] for c in _JOB_COLUMNS))
+                count += 1
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(_COPY_JOBS, None, exc, psycopg.Error) from None
+    return count
 
 
 async def complete_batch(
