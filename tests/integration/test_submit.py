@@ -61,6 +61,30 @@ async def test_submit_stores_batch_jobs_round_and_queued_runs(
     assert tuple(job) == ("id-9", 10, 10, "local")
 
 
+async def test_bodies_are_stored_exactly_whatever_they_contain(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    # PostgreSQL loads jobs with COPY, whose text format gives backslashes, tabs,
+    # newlines and "\." meanings of their own: none may leak into what is stored.
+    contents = ["back\\slash \\N \\t", "tab\there", "line\nbreak", "\\.", "ünï 🚀 \u2028",
+                "quote \" and '", "ctrl \x01"]  # fmt: skip
+    path = tmp_path / "odd.jsonl"
+    path.write_text("".join(
+        json.dumps({"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": "m", "messages": [{"role": "user", "content": c}],
+                             **({"seed": i} if i else {})}}) + "\n"  # c0 unseeded: NULL
+        for i, c in enumerate(contents)
+    ))  # fmt: skip
+    await submit(engine, path, load_settings(), endpoint="local")
+    stored = await rows(
+        engine, "SELECT key, body, seed, source_line FROM jobs ORDER BY source_line"
+    )
+    assert [json.loads(r.body)["messages"][0]["content"] for r in stored] == contents
+    assert [(r.key, r.seed, r.source_line) for r in stored] == [
+        (f"c{i}", None if i == 0 else i, i + 1) for i in range(len(contents))
+    ]
+
+
 async def test_bad_line_deep_in_the_file_writes_nothing(
     engine: AsyncEngine, tmp_path: Path
 ) -> None:
