@@ -36,7 +36,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.config import Settings, WorkerConfig
 from runner.db import queue
-from runner.db.queue import ClaimedRun, Outcome
+from runner.db.engine import InlineSQLite, is_sqlite
+from runner.db.queue import ClaimedRun, Outcome, QueueEngine
 from runner.db.types import utcnow
 from runner.endpoints import EndpointError
 from runner.endpoints.client import EndpointPool
@@ -119,6 +120,8 @@ class Worker:
         self._jobs_scope: anyio.CancelScope | None = None
         self.limits = Limits(settings.endpoints)
         self._auth_failures: dict[str, int] = {}
+        # Claims and stores, the statements of every run: on SQLite, inline on this thread.
+        self._hot: QueueEngine = engine
 
     # ------------------------------------------------------------ live numbers
 
@@ -162,6 +165,10 @@ class Worker:
             4 * self.concurrency + WRITE_BATCH
         )
         pool = EndpointPool(self.settings.endpoints)
+        inline = None
+        if is_sqlite(self.engine):
+            inline = InlineSQLite.of(self.engine)
+            self._hot = inline
         await queue.register_worker(
             self.engine,
             self.id,
@@ -203,6 +210,8 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 await pool.aclose()
                 await queue.unregister_worker(self.engine, self.id)
+            if inline is not None:
+                inline.dispose()
         self.stats.rate_limited = self.rate_limited
         return self.stats
 
@@ -235,7 +244,7 @@ class Worker:
                 continue
             take_back = time.monotonic() - self._last_take_back >= TAKE_BACK_SECONDS
             claimed = await queue.claim(
-                self.engine,
+                self._hot,
                 self.id,
                 want,
                 lease=self._lease,
@@ -432,7 +441,7 @@ class Worker:
             async for first in receive:
                 batch = await self._gather(first, receive)
                 with anyio.CancelScope(shield=True):
-                    stale = await queue.record(self.engine, self.id, batch)
+                    stale = await queue.record(self._hot, self.id, batch)
                 if stale:
                     self.stats.fenced_out += stale
                     log.warning(

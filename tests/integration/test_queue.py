@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,6 +20,17 @@ LEASE = timedelta(seconds=60)
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
 
+@pytest.fixture
+def hot(engine: AsyncEngine) -> Iterator[queue.QueueEngine]:
+    """Where a worker claims and stores: inline on SQLite, the async engine on PostgreSQL."""
+    if not db.is_sqlite(engine):
+        yield engine
+        return
+    inline = db.InlineSQLite.of(engine)
+    yield inline
+    inline.dispose()
+
+
 def success(run: queue.ClaimedRun, now: datetime, text: str = "ok") -> Outcome:
     return Outcome(
         run_id=run.run_id, attempt=run.attempt, started_at=now, finished_at=now,
@@ -28,13 +40,15 @@ def success(run: queue.ClaimedRun, now: datetime, text: str = "ok") -> Outcome:
     )  # fmt: skip
 
 
-async def test_claims_are_disjoint_and_carry_the_job(engine: AsyncEngine, tmp_path: Path) -> None:
+async def test_claims_are_disjoint_and_carry_the_job(
+    engine: AsyncEngine, hot: queue.QueueEngine, tmp_path: Path
+) -> None:
     sub = await submit_jobs(engine, tmp_path, 5)
-    first = await queue.claim(engine, "a", 3, lease=LEASE, now=T0)
-    second = await queue.claim(engine, "b", 3, lease=LEASE, now=T0)
+    first = await queue.claim(hot, "a", 3, lease=LEASE, now=T0)
+    second = await queue.claim(hot, "b", 3, lease=LEASE, now=T0)
     assert len(first) == 3 and len(second) == 2
     assert not {r.run_id for r in first} & {r.run_id for r in second}
-    assert await queue.claim(engine, "c", 3, lease=LEASE, now=T0) == []
+    assert await queue.claim(hot, "c", 3, lease=LEASE, now=T0) == []
     run = first[0]
     assert (run.attempt, run.max_attempts, run.batch_id, run.round_number) == (
         1,
@@ -48,14 +62,14 @@ async def test_claims_are_disjoint_and_carry_the_job(engine: AsyncEngine, tmp_pa
 
 
 async def test_expired_lease_is_taken_back_and_stale_owner_is_fenced_out(
-    engine: AsyncEngine, tmp_path: Path
+    engine: AsyncEngine, hot: queue.QueueEngine, tmp_path: Path
 ) -> None:
     await submit_jobs(engine, tmp_path, 1)
-    (old,) = await queue.claim(engine, "old", 1, lease=LEASE, now=T0)
+    (old,) = await queue.claim(hot, "old", 1, lease=LEASE, now=T0)
     # Still leased: nobody else can take it.
-    assert await queue.claim(engine, "new", 1, lease=LEASE, now=T0 + LEASE / 2) == []
+    assert await queue.claim(hot, "new", 1, lease=LEASE, now=T0 + LEASE / 2) == []
     later = T0 + LEASE + timedelta(seconds=1)
-    (new,) = await queue.claim(engine, "new", 1, lease=LEASE, now=later)
+    (new,) = await queue.claim(hot, "new", 1, lease=LEASE, now=later)
     assert new.run_id == old.run_id and new.attempt == 2
     ids = [old.run_id]
     assert await queue.heartbeat(engine, "old", ids, lease=LEASE, now=later) == set()
@@ -63,8 +77,8 @@ async def test_expired_lease_is_taken_back_and_stale_owner_is_fenced_out(
     # Only the runs named are renewed: one a worker no longer tracks is left to expire.
     assert await queue.heartbeat(engine, "new", [], lease=LEASE, now=later) == set()
     # The stale worker's late result is not stored; the owner's is.
-    assert await queue.record(engine, "old", [success(old, later, "stale")]) == 1
-    assert await queue.record(engine, "new", [success(new, later, "fresh")]) == 0
+    assert await queue.record(hot, "old", [success(old, later, "stale")]) == 1
+    assert await queue.record(hot, "new", [success(new, later, "fresh")]) == 0
     (run,) = await rows(engine, "SELECT state, output, attempts, lease_owner FROM runs")
     assert tuple(run) == ("succeeded", "fresh", 2, None)
     # Both tries are visible as attempts.
@@ -73,34 +87,34 @@ async def test_expired_lease_is_taken_back_and_stale_owner_is_fenced_out(
 
 
 async def test_retry_waits_for_available_at_and_release_does_not_count(
-    engine: AsyncEngine, tmp_path: Path
+    engine: AsyncEngine, hot: queue.QueueEngine, tmp_path: Path
 ) -> None:
     await submit_jobs(engine, tmp_path, 2)
-    a, b = await queue.claim(engine, "w", 2, lease=LEASE, now=T0)
+    a, b = await queue.claim(hot, "w", 2, lease=LEASE, now=T0)
     retry = Outcome(
         run_id=a.run_id, attempt=a.attempt, started_at=T0, finished_at=T0, latency_ms=5,
         outcome="retry", http_status=503, retry_at=T0 + timedelta(seconds=30),
         error_type="server_error", error_message="busy",
     )  # fmt: skip
-    assert await queue.record(engine, "w", [retry]) == 0
+    assert await queue.record(hot, "w", [retry]) == 0
     assert await queue.release(engine, "w", [b.run_id], T0) == 1
     state = await rows(engine, "SELECT id, state, attempts, error_status FROM runs ORDER BY id")
     assert [tuple(r) for r in state] == [
         (a.run_id, "queued", 1, 503),
         (b.run_id, "queued", 0, None),
     ]
-    (again,) = await queue.claim(engine, "w", 2, lease=LEASE, now=T0 + timedelta(seconds=1))
+    (again,) = await queue.claim(hot, "w", 2, lease=LEASE, now=T0 + timedelta(seconds=1))
     assert again.run_id == b.run_id and again.attempt == 1
-    (retried,) = await queue.claim(engine, "w", 2, lease=LEASE, now=T0 + timedelta(seconds=31))
+    (retried,) = await queue.claim(hot, "w", 2, lease=LEASE, now=T0 + timedelta(seconds=31))
     assert retried.run_id == a.run_id and retried.attempt == 2
 
 
 async def test_dead_worker_with_no_attempts_left_fails_the_run(
-    engine: AsyncEngine, tmp_path: Path
+    engine: AsyncEngine, hot: queue.QueueEngine, tmp_path: Path
 ) -> None:
     await submit_jobs(engine, tmp_path, 1, extra="max_attempts: 1\n")
-    await queue.claim(engine, "dead", 1, lease=LEASE, now=T0)
-    assert await queue.claim(engine, "w", 1, lease=LEASE, now=T0 + 2 * LEASE) == []
+    await queue.claim(hot, "dead", 1, lease=LEASE, now=T0)
+    assert await queue.claim(hot, "w", 1, lease=LEASE, now=T0 + 2 * LEASE) == []
     (run,) = await rows(engine, "SELECT state, error_type FROM runs")
     assert tuple(run) == ("failed", "lease_expired")
     assert await queue.unfinished_count(engine) == 0

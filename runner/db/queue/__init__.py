@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from runner.db.queue._common import (
     DEADLOCK,
+    QueueEngine,
     SentRequest,
     sent_endpoint,
     sent_hash,
@@ -82,6 +83,7 @@ __all__ = [
     "TICK_TRIES",
     "ClaimedRun",
     "Outcome",
+    "QueueEngine",
     "SentRequest",
     "TickRound",
     "analyze",

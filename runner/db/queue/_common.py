@@ -9,12 +9,16 @@ from typing import Any, TypeVar
 
 import anyio
 from sqlalchemy import (
+    Connection,
     exists,
     func,
     true,
 )
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import BindParameter
 
+from runner.db.engine import InlineSQLite
 from runner.db.models import (
     Job,
     Round,
@@ -24,6 +28,19 @@ from runner.hashing import canonical_json
 
 T = TypeVar("T")
 DEADLOCK = "40P01"  # PostgreSQL's deadlock_detected
+
+
+QueueEngine = AsyncEngine | InlineSQLite
+"""Where the hot statements (claim, record) run: the async engine, or a worker's
+inline SQLite connection (see ``InlineSQLite``)."""
+
+
+async def _transaction(engine: QueueEngine, fn: Callable[[Connection], T]) -> T:
+    """``fn(connection)`` in one transaction; the same statements on either kind of engine."""
+    if isinstance(engine, InlineSQLite):
+        return await engine.run(fn)
+    async with engine.begin() as conn:
+        return await conn.run_sync(fn)
 
 
 async def _retry_deadlock(fn: Callable[[], Awaitable[T]], tries: int = 5) -> T:
@@ -42,12 +59,17 @@ def _in_rounds(round_ids: Sequence[int] | None) -> Any:
     return true() if round_ids is None else Run.round_id.in_(list(round_ids))
 
 
-def _not_for(endpoints: Sequence[str]) -> Any:
-    """Runs whose request does not go to one of ``endpoints`` (a worker gave up on those)."""
-    if not endpoints:
+def _not_for(endpoints: Sequence[str] | BindParameter[Any]) -> Any:
+    """Runs whose request does not go to one of ``endpoints`` (a worker gave up on those);
+    ``endpoints`` may be an expanding bind parameter, for a statement built once."""
+    if isinstance(endpoints, BindParameter):
+        names: Any = endpoints
+    elif endpoints:
+        names = list(endpoints)
+    else:
         return true()
     return ~exists().where(
-        Job.id == Run.job_id, Round.id == Run.round_id, sent_endpoint().in_(list(endpoints))
+        Job.id == Run.job_id, Round.id == Run.round_id, sent_endpoint().in_(names)
     )
 
 

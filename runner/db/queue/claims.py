@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
+    Integer,
     and_,
+    bindparam,
     delete,
     func,
     insert,
-    literal,
     select,
+    true,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.db.models import (
     Job,
@@ -26,9 +30,10 @@ from runner.db.models import (
 )
 from runner.db.models import Worker as WorkerRow
 from runner.db.queue._common import (
-    _in_rounds,
+    QueueEngine,
     _not_for,
     _retry_deadlock,
+    _transaction,
     sent_request,
 )
 from runner.db.types import UTCDateTime
@@ -54,10 +59,107 @@ class ClaimedRun:
 
 
 _RETURNING = (Run.id, Run.round_id, Run.job_id, Run.attempts, Run.max_attempts)
+_NOW = bindparam("now", type_=UTCDateTime())
+
+
+@dataclass(frozen=True)
+class _ClaimStatements:
+    """A claim's statements, built once per kind of scope and run with bound values.
+
+    A claim runs every few dozen runs, so building its statements anew (and their
+    cache keys) each time would cost a good part of a claim.
+    """
+
+    fail_exhausted: Any
+    take_back: Any
+    take_queued: Any
+    with_jobs: Any
+
+
+@functools.cache
+def _claim_statements(in_rounds: bool, excluding: bool) -> _ClaimStatements:
+    rounds = Run.round_id.in_(bindparam("round_ids", expanding=True)) if in_rounds else true()
+    scope = and_(rounds, _not_for(bindparam("exclude", expanding=True)) if excluding else true())
+    expired = and_(Run.state == RunState.RUNNING.value, Run.lease_expires_at < _NOW, scope)
+    limit = bindparam("limit", type_=Integer())
+    lease: dict[str, Any] = {
+        "lease_owner": bindparam("owner"),
+        "lease_expires_at": bindparam("expires"),
+    }
+    # A run whose worker died with no attempts left fails instead of looping forever.
+    exhausted = (
+        select(Run.id)
+        .where(expired, Run.attempts >= Run.max_attempts)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    fail_exhausted = (
+        update(Run)
+        .where(Run.id.in_(exhausted.scalar_subquery()))
+        .values(
+            state=RunState.FAILED.value,
+            finished_at=_NOW,
+            lease_owner=None,
+            lease_expires_at=None,
+            error_type="lease_expired",
+            error_status=None,
+            error_message="the worker running it stopped (lease expired) and no attempts are left",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    retaken = (
+        select(Run.id)
+        .where(expired)
+        .order_by(Run.lease_expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    take_back = (
+        update(Run)
+        .where(Run.id.in_(retaken.scalar_subquery()))
+        .values(**lease, attempts=Run.attempts + 1)
+        .returning(*_RETURNING)
+    )
+    queued = (
+        select(Run.id)
+        .where(Run.state == RunState.QUEUED.value, Run.available_at <= _NOW, scope)
+        .order_by(Run.available_at, Run.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    take_queued = (
+        update(Run)
+        .where(Run.id.in_(queued.scalar_subquery()))
+        .values(
+            state=RunState.RUNNING.value,
+            **lease,
+            attempts=Run.attempts + 1,
+            started_at=func.coalesce(Run.started_at, _NOW),
+        )
+        .returning(*_RETURNING)
+    )
+    with_jobs = (
+        select(
+            Run.id,
+            Job.key,
+            Job.endpoint,
+            Job.model,
+            Job.body,
+            Job.batch_id,
+            Round.number,
+            Round.endpoint.label("round_endpoint"),
+            Round.model.label("round_model"),
+        )
+        .join(Job, Job.id == Run.job_id)
+        .join(Round, Round.id == Run.round_id)
+        .where(Run.id.in_(bindparam("run_ids", expanding=True)))
+        .order_by(Run.id)
+    )
+    return _ClaimStatements(fail_exhausted, take_back, take_queued, with_jobs)
 
 
 async def claim(
-    engine: AsyncEngine,
+    engine: QueueEngine,
     owner: str,
     limit: int,
     *,
@@ -75,100 +177,30 @@ async def claim(
     """
     if limit <= 0:
         return []
-    expires = now + lease
-    scope = and_(_in_rounds(round_ids), _not_for(exclude_endpoints))
-    expired = and_(Run.state == RunState.RUNNING.value, Run.lease_expires_at < now, scope)
-    async with engine.begin() as conn:
-        rows = await _take_back(conn, owner, limit, expired, now, expires) if take_back else []
+    statements = _claim_statements(round_ids is not None, bool(exclude_endpoints))
+    values: dict[str, Any] = {"now": now, "expires": now + lease, "owner": owner}
+    if round_ids is not None:
+        values["round_ids"] = list(round_ids)
+    if exclude_endpoints:
+        values["exclude"] = list(exclude_endpoints)
+
+    def transaction(conn: Connection) -> list[ClaimedRun]:
+        rows: list[Any] = []
+        if take_back:
+            conn.execute(statements.fail_exhausted, {**values, "limit": limit})
+            rows += conn.execute(statements.take_back, {**values, "limit": limit})
         if len(rows) < limit:
-            queued = (
-                select(Run.id)
-                .where(Run.state == RunState.QUEUED.value, Run.available_at <= now, scope)
-                .order_by(Run.available_at, Run.id)
-                .limit(limit - len(rows))
-                .with_for_update(skip_locked=True)
-            )
-            rows += list(
-                await conn.execute(
-                    update(Run)
-                    .where(Run.id.in_(queued.scalar_subquery()))
-                    .values(
-                        state=RunState.RUNNING.value,
-                        lease_owner=owner,
-                        lease_expires_at=expires,
-                        attempts=Run.attempts + 1,
-                        started_at=func.coalesce(Run.started_at, literal(now, UTCDateTime())),
-                    )
-                    .returning(*_RETURNING)
-                )
-            )
+            rows += conn.execute(statements.take_queued, {**values, "limit": limit - len(rows)})
         # In the same transaction: a claim is one connection and one commit.
-        return await _with_jobs(conn, rows) if rows else []
+        return _with_jobs(conn, statements.with_jobs, rows) if rows else []
+
+    return await _transaction(engine, transaction)
 
 
-async def _take_back(
-    conn: AsyncConnection, owner: str, limit: int, expired: Any, now: datetime, expires: datetime
-) -> list[Any]:
-    """Lease runs whose worker's lease expired; fail those with no attempts left."""
-    # A run whose worker died with no attempts left fails instead of looping forever.
-    exhausted = (
-        select(Run.id)
-        .where(expired, Run.attempts >= Run.max_attempts)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    await conn.execute(
-        update(Run)
-        .where(Run.id.in_(exhausted.scalar_subquery()))
-        .values(
-            state=RunState.FAILED.value,
-            finished_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-            error_type="lease_expired",
-            error_status=None,
-            error_message="the worker running it stopped (lease expired) and no attempts are left",
-        )
-        .execution_options(synchronize_session=False)
-    )
-    retaken = (
-        select(Run.id)
-        .where(expired)
-        .order_by(Run.lease_expires_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    rows = list(
-        await conn.execute(
-            update(Run)
-            .where(Run.id.in_(retaken.scalar_subquery()))
-            .values(lease_owner=owner, lease_expires_at=expires, attempts=Run.attempts + 1)
-            .returning(*_RETURNING)
-        )
-    )
-    return rows
-
-
-async def _with_jobs(conn: AsyncConnection, rows: Sequence[Any]) -> list[ClaimedRun]:
+def _with_jobs(conn: Connection, statement: Any, rows: Sequence[Any]) -> list[ClaimedRun]:
     """Attach the (immutable) job and round of each claimed run: one query."""
     by_run = {row.id: row for row in rows}
-    found = await conn.execute(
-        select(
-            Run.id,
-            Job.key,
-            Job.endpoint,
-            Job.model,
-            Job.body,
-            Job.batch_id,
-            Round.number,
-            Round.endpoint.label("round_endpoint"),
-            Round.model.label("round_model"),
-        )
-        .join(Job, Job.id == Run.job_id)
-        .join(Round, Round.id == Run.round_id)
-        .where(Run.id.in_(sorted(by_run)))
-        .order_by(Run.id)
-    )
+    found = conn.execute(statement, {"run_ids": sorted(by_run)})
     claimed = []
     for job in found:
         row = by_run[job.id]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     and_,
     bindparam,
     func,
@@ -24,9 +26,11 @@ from runner.db.models import (
 )
 from runner.db.queue._common import (
     _SUCCESS_COLUMNS,
+    QueueEngine,
     _in_rounds,
     _not_for,
     _retry_deadlock,
+    _transaction,
 )
 
 # ---------------------------------------------------------------- results
@@ -97,14 +101,10 @@ def _outcome_params(owner: str, o: Outcome) -> dict[str, Any]:
     }
 
 
-async def record(engine: AsyncEngine, owner: str, outcomes: Sequence[Outcome]) -> int:
-    """Store a batch of outcomes in one transaction; returns how many were fenced out.
-
-    One statement for every outcome, in run id order: PostgreSQL locks the rows in
-    the same order as ``heartbeat`` and ``release`` do, so they cannot deadlock.
-    """
-    ordered = sorted(outcomes, key=lambda o: o.run_id)
-    stmt = (
+@functools.cache
+def _store_statement() -> Any:
+    """The fenced UPDATE of a run with its outcome, built once (one per batch row)."""
+    return (
         update(Run)
         .where(_fence())
         .values(
@@ -120,6 +120,15 @@ async def record(engine: AsyncEngine, owner: str, outcomes: Sequence[Outcome]) -
             **{c: bindparam(f"b_{c}") for c in _SUCCESS_COLUMNS},
         )
     )
+
+
+async def record(engine: QueueEngine, owner: str, outcomes: Sequence[Outcome]) -> int:
+    """Store a batch of outcomes in one transaction; returns how many were fenced out.
+
+    One statement for every outcome, in run id order: PostgreSQL locks the rows in
+    the same order as ``heartbeat`` and ``release`` do, so they cannot deadlock.
+    """
+    ordered = sorted(outcomes, key=lambda o: o.run_id)
     attempts = [
         {
             "run_id": o.run_id,
@@ -137,13 +146,14 @@ async def record(engine: AsyncEngine, owner: str, outcomes: Sequence[Outcome]) -
         for o in ordered
     ]
 
-    async def write() -> int:
-        async with engine.begin() as conn:
-            result = await conn.execute(stmt, [_outcome_params(owner, o) for o in ordered])
-            await conn.execute(insert(Attempt), attempts)
-            return int(result.rowcount)
+    params = [_outcome_params(owner, o) for o in ordered]
 
-    applied = await _retry_deadlock(write)
+    def write(conn: Connection) -> int:
+        result = conn.execute(_store_statement(), params)
+        conn.execute(insert(Attempt), attempts)
+        return int(result.rowcount)
+
+    applied = await _retry_deadlock(lambda: _transaction(engine, write))
     return len(outcomes) - applied
 
 
