@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -30,7 +31,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import anyio
-from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -52,6 +52,9 @@ AUTH_FAILURES_TO_GIVE_UP = 3  # 401s in a row before a worker stops claiming for
 REGISTRY_SECONDS = 5.0  # at most this long before a worker notices others join or leave
 TAKE_BACK_SECONDS = 1.0  # claims look for expired leases at most this often while busy
 WRITE_GATHER_SECONDS = 0.02  # the writer waits this long to store results in one transaction
+
+
+_Ready = tuple[ClaimedRun, anyio.CancelScope]  # a claimed run, and the scope that can abandon it
 
 
 def worker_id() -> str:
@@ -109,7 +112,6 @@ class Worker:
         self._lease = timedelta(seconds=self.config.lease_seconds)
         # Runs this worker holds a lease on: executing, or claimed ahead and waiting for a slot.
         self._in_flight: dict[int, tuple[ClaimedRun, anyio.CancelScope]] = {}
-        self._slots = anyio.Semaphore(self.concurrency)
         self._executing = 0
         self.rounds_seen: set[int] = set()  # rounds this worker has claimed runs of
         self._last_take_back = -1e9
@@ -218,9 +220,24 @@ class Worker:
     async def _claim_and_execute(
         self, send: MemoryObjectSendStream[Outcome], pool: EndpointPool
     ) -> None:
+        # Claimed runs wait in ``ready`` for one of ``concurrency`` slot tasks: a task per
+        # slot, not per run (spawning one costs more than the rest of a run's bookkeeping).
+        ready_send, ready = anyio.create_memory_object_stream[_Ready](math.inf)
+        with ready, ready_send:
+            await self._run_slots(ready_send, ready, send, pool)
+
+    async def _run_slots(
+        self,
+        ready_send: MemoryObjectSendStream[_Ready],
+        ready: MemoryObjectReceiveStream[_Ready],
+        send: MemoryObjectSendStream[Outcome],
+        pool: EndpointPool,
+    ) -> None:
         async with anyio.create_task_group() as jobs:
             self._jobs_scope = jobs.cancel_scope
-            await self._claim_loop(jobs, send, pool)
+            for _ in range(self.concurrency):
+                jobs.start_soon(self._slot, ready, send, pool)
+            await self._claim_loop(ready_send)
             # Runs claimed ahead never start once stopping; requests in progress get the grace.
             with anyio.move_on_after(self.config.grace_seconds):
                 while self._executing:
@@ -228,18 +245,22 @@ class Worker:
                     await self._idle.wait()
             jobs.cancel_scope.cancel()
 
-    async def _claim_loop(
-        self, jobs: TaskGroup, send: MemoryObjectSendStream[Outcome], pool: EndpointPool
-    ) -> None:
-        # A claim is a write transaction, so claim ahead in batches: hold up to four times
-        # the concurrency and claim again once a concurrency's worth has finished. When a
-        # claim starts, two concurrencies' worth still wait for a slot, which keeps the
-        # slots busy while the claim waits its turn for the database behind the writer's
-        # transactions; and there is one claim per ~concurrency runs.
-        target = 4 * self.concurrency
+    def _claim_wanted(self) -> int:
+        """How many runs to claim now: 0 until a concurrency's worth has finished.
+
+        A claim is a write transaction, so claim ahead in batches: hold up to four times
+        the concurrency and claim again once a concurrency's worth has finished. When a
+        claim starts, three concurrencies' worth still wait for a slot, which keeps the
+        slots busy while the claim waits its turn for the database; and there is one claim
+        per ~concurrency runs.
+        """
+        want = 4 * self.concurrency - len(self._in_flight)
+        return want if want >= self.concurrency else 0
+
+    async def _claim_loop(self, ready: MemoryObjectSendStream[_Ready]) -> None:
         while not self._stopping:
-            want = target - len(self._in_flight)
-            if want < self.concurrency:
+            want = self._claim_wanted()
+            if not want:
                 await self._sleep(self.config.poll_seconds)
                 continue
             take_back = time.monotonic() - self._last_take_back >= TAKE_BACK_SECONDS
@@ -256,10 +277,10 @@ class Worker:
             if take_back:
                 self._last_take_back = time.monotonic()
             for run in claimed:
-                scope = anyio.CancelScope()
-                self._in_flight[run.run_id] = (run, scope)
+                entry = (run, anyio.CancelScope())
+                self._in_flight[run.run_id] = entry
                 self.rounds_seen.add(run.round_id)
-                jobs.start_soon(self._execute, run, scope, send, pool)
+                ready.send_nowait(entry)
             if len(claimed) < want:
                 # Short: look for expired leases on the next claim, not a second from now.
                 self._last_take_back = -1e9
@@ -292,6 +313,19 @@ class Worker:
 
     # ------------------------------------------------------------ one run
 
+    async def _slot(
+        self,
+        ready: MemoryObjectReceiveStream[_Ready],
+        send: MemoryObjectSendStream[Outcome],
+        pool: EndpointPool,
+    ) -> None:
+        """One request slot: executes claimed runs one after another."""
+        async for run, scope in ready:
+            # Claimed ahead and never started once stopping: released when the worker stops.
+            # Gone from _in_flight: abandoned (cancelled, or its lease lost) while it waited.
+            if not self._stopping and run.run_id in self._in_flight:
+                await self._execute(run, scope, send, pool)
+
     async def _execute(
         self,
         run: ClaimedRun,
@@ -300,28 +334,26 @@ class Worker:
         pool: EndpointPool,
     ) -> None:
         with scope:
-            async with self._slots:
-                if self._stopping:
-                    return  # claimed ahead, never started: released when the worker stops
-                self._executing += 1
-                try:
-                    outcome = await self._attempt(run, pool)
-                    if outcome is None:  # its endpoint was given up on while it waited
-                        with anyio.CancelScope(shield=True):
-                            self.stats.released += await queue.release(
-                                self.engine, self.id, [run.run_id], self.clock()
-                            )
-                    else:
-                        await send.send(outcome)
-                finally:
-                    self._executing -= 1
+            self._executing += 1
+            try:
+                outcome = await self._attempt(run, pool)
+                if outcome is None:  # its endpoint was given up on while it waited
+                    with anyio.CancelScope(shield=True):
+                        self.stats.released += await queue.release(
+                            self.engine, self.id, [run.run_id], self.clock()
+                        )
+                else:
+                    await send.send(outcome)
+            finally:
+                self._executing -= 1
         # Done, or our own scope was cancelled because the lease was lost (heartbeat):
         # either way the run is no longer ours to release. A stop cancels the task group
         # instead, which propagates past this point and leaves the run to be released.
         self._in_flight.pop(run.run_id, None)
         if not self._executing:
             self._idle.set()
-        self._wake()
+        if self._claim_wanted():
+            self._wake()
 
     async def _attempt(self, run: ClaimedRun, pool: EndpointPool) -> Outcome | None:
         """One try of a run under its endpoint's limits; None if the endpoint was given up."""
@@ -503,6 +535,9 @@ class Worker:
                         extra=run_context(run),
                     )
                     self.stats.abandoned += 1
+                    # Not ours to store or release any more; a slot skips it if it has not
+                    # started, and a request in progress is cancelled.
+                    del self._in_flight[run_id]
                     scope.cancel()
 
     async def _watch_signals(self) -> None:
