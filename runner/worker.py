@@ -51,7 +51,7 @@ WRITE_BATCH = 500
 AUTH_FAILURES_TO_GIVE_UP = 3  # 401s in a row before a worker stops claiming for an endpoint
 REGISTRY_SECONDS = 5.0  # at most this long before a worker notices others join or leave
 TAKE_BACK_SECONDS = 1.0  # claims look for expired leases at most this often while busy
-WRITE_GATHER_SECONDS = 0.02  # the writer waits this long to store results in one transaction
+WRITE_GATHER_SECONDS = 0.05  # the writer waits this long to store results in one transaction
 
 
 _Ready = tuple[ClaimedRun, anyio.CancelScope]  # a claimed run, and the scope that can abandon it
@@ -255,7 +255,7 @@ class Worker:
         per ~concurrency runs.
         """
         want = 4 * self.concurrency - len(self._in_flight)
-        return want if want >= self.concurrency else 0
+        return want if want >= 2 * self.concurrency else 0
 
     async def _claim_loop(self, ready: MemoryObjectSendStream[_Ready]) -> None:
         while not self._stopping:
@@ -485,18 +485,15 @@ class Worker:
 
     @staticmethod
     async def _gather(first: Outcome, receive: MemoryObjectReceiveStream[Outcome]) -> list[Outcome]:
-        """Results arriving within a few ms of each other go into one transaction."""
+        """Results arriving within a few tens of ms of each other go into one transaction."""
+        if receive.statistics().current_buffer_used < WRITE_BATCH:
+            await anyio.sleep(WRITE_GATHER_SECONDS)
         batch = [first]
-        deadline = time.monotonic() + WRITE_GATHER_SECONDS
         while len(batch) < WRITE_BATCH:
             try:
                 batch.append(receive.receive_nowait())
-            except anyio.EndOfStream:
+            except (anyio.EndOfStream, anyio.WouldBlock):
                 break
-            except anyio.WouldBlock:
-                if time.monotonic() >= deadline:
-                    break
-                await anyio.sleep(0.002)
         return batch
 
     async def _heartbeat_loop(self) -> None:
