@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.config import Settings, WorkerConfig
 from runner.db import queue
-from runner.db.engine import InlineSQLite, is_sqlite
+from runner.db.engine import InlineSQLite, checkpoint, is_sqlite
 from runner.db.queue import ClaimedRun, Outcome, QueueEngine
 from runner.db.types import utcnow
 from runner.endpoints import EndpointError
@@ -51,6 +51,7 @@ WRITE_BATCH = 500
 AUTH_FAILURES_TO_GIVE_UP = 3  # 401s in a row before a worker stops claiming for an endpoint
 REGISTRY_SECONDS = 5.0  # at most this long before a worker notices others join or leave
 TAKE_BACK_SECONDS = 1.0  # claims look for expired leases at most this often while busy
+CHECKPOINT_SECONDS = 1.0  # SQLite: how often the worker checkpoints the WAL (see InlineSQLite)
 WRITE_GATHER_SECONDS = 0.05  # the writer waits this long to store results in one transaction
 
 
@@ -190,6 +191,8 @@ class Worker:
                 async with anyio.create_task_group() as loops:
                     loops.start_soon(self._write_loop, receive)
                     loops.start_soon(self._heartbeat_loop)
+                    if inline is not None:
+                        loops.start_soon(self._checkpoint_loop)
                     if self.scheduler:
                         loops.start_soon(
                             scheduler_loop,
@@ -536,6 +539,15 @@ class Worker:
                     # started, and a request in progress is cancelled.
                     del self._in_flight[run_id]
                     scope.cancel()
+
+    async def _checkpoint_loop(self) -> None:
+        """SQLite: the inline connection never checkpoints (it would block the loop)."""
+        while True:
+            with anyio.move_on_after(CHECKPOINT_SECONDS):
+                await self._loops_stop.wait()
+            if self._loops_stop.is_set():
+                return
+            await checkpoint(self.engine)
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

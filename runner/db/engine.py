@@ -75,13 +75,17 @@ def _driver_url(url: URL, *, asynchronous: bool) -> URL:
     return url.set(drivername="postgresql+psycopg")
 
 
-def _install_sqlite_hooks(engine: Engine, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
+def _install_sqlite_hooks(
+    engine: Engine, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS, *, autocheckpoint: bool = True
+) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         # We emit BEGIN ourselves (below); the driver must not.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
+        if not autocheckpoint:
+            cursor.execute("PRAGMA wal_autocheckpoint = 0")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
@@ -151,7 +155,10 @@ class InlineSQLite:
             poolclass=StaticPool,
             connect_args={"check_same_thread": False},
         )
-        _install_sqlite_hooks(self.engine, INLINE_BUSY_TIMEOUT_MS)
+        # No checkpoints on this connection: copying the WAL into the database (and its
+        # fsync) took up to 250 ms at a commit, all that time with the loop blocked. The
+        # worker checkpoints from aiosqlite's thread instead (``checkpoint``).
+        _install_sqlite_hooks(self.engine, INLINE_BUSY_TIMEOUT_MS, autocheckpoint=False)
 
     @classmethod
     def of(cls, engine: AsyncEngine) -> InlineSQLite:
@@ -173,6 +180,18 @@ class InlineSQLite:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+async def checkpoint(engine: AsyncEngine) -> None:
+    """Copy SQLite's write-ahead log into the database file, off the event loop's thread
+    (aiosqlite's), without waiting for or blocking other connections (PASSIVE)."""
+    async with engine.connect() as conn:
+        # On the driver's connection: outside a transaction (SQLAlchemy would BEGIN one,
+        # and SQLite refuses to checkpoint inside it).
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None  # an open aiosqlite connection
+        cursor = await driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        await cursor.close()
 
 
 # ---------------------------------------------------------------- migrations

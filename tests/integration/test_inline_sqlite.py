@@ -111,3 +111,28 @@ async def test_an_error_inside_rolls_the_transaction_back(tmp_path: Path) -> Non
 def test_refuses_a_postgresql_url() -> None:
     with pytest.raises(db.ConfigError, match="needs a SQLite URL"):
         db.InlineSQLite("postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def test_never_checkpoints_itself_and_checkpoint_does_it_off_the_loop(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint at a commit blocked the loop for up to 250 ms: the inline connection
+    leaves the WAL to ``checkpoint``, which the worker calls from aiosqlite's thread."""
+    url = _url(tmp_path)
+    inline = db.InlineSQLite(url)
+
+    def fill(conn: Connection) -> None:
+        conn.execute(text("CREATE TABLE scratch (x TEXT)"))
+        conn.execute(text("INSERT INTO scratch VALUES (:x)"), [{"x": "y" * 1000}] * 20_000)
+
+    await inline.run(fill)  # (its connection stays open: the last to close checkpoints)
+    database = tmp_path / "runner.db"
+    before = database.stat().st_size
+    assert (tmp_path / "runner.db-wal").stat().st_size > 20_000_000  # all of it in the WAL
+    engine = db.create_engine_async(url)
+    try:
+        await db.checkpoint(engine)
+        assert database.stat().st_size > before + 20_000_000
+    finally:
+        await engine.dispose()
+        inline.dispose()
