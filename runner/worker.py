@@ -346,7 +346,10 @@ class Worker:
                             self.engine, self.id, [run.run_id], self.clock()
                         )
                 else:
-                    await send.send(outcome)
+                    try:  # the writer's buffer has room for a few batches: no wait
+                        send.send_nowait(outcome)
+                    except anyio.WouldBlock:
+                        await send.send(outcome)
             finally:
                 self._executing -= 1
         # Done, or our own scope was cancelled because the lease was lost (heartbeat):
