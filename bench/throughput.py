@@ -11,7 +11,7 @@
    alone moves by several per cent from one try to the next), and the median of the
    ratios reported. Target: queue >= 0.75 x bare.
 
-Run: ``python bench/throughput.py [--jobs 6000] [--repeat 3]``
+Run: ``python bench/throughput.py [--jobs 20000] [--repeat 3]``
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ async def bare_run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=6000)
+    parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     print(machine())
