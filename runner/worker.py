@@ -3,11 +3,14 @@
 Tasks inside one worker:
 
 * the claim loop (in ``run``): leases runs as request slots free up;
-* one task per claimed run: calls the endpoint, decides success / retry / failure;
+* one task per request slot: takes claimed runs one after another, calls the endpoint,
+  decides success / retry / failure;
 * the writer: stores outcomes in batches, one transaction per batch;
 * the heartbeat: renews leases, notices runs whose lease was lost, and renews this
   worker's registration (the live-worker count sets each worker's share of the
   endpoints' rate limits);
+* on SQLite, the checkpointer: copies the WAL into the database every second from
+  aiosqlite's thread (claims and stores run inline, see ``InlineSQLite``, and never do);
 * the signal watcher (CLI only): first SIGINT/SIGTERM stops gracefully, second at once.
 
 A failing side task (heartbeat, writer) cancels the whole group: the worker stops
@@ -112,7 +115,7 @@ class Worker:
         self.stats = WorkerStats()
         self._lease = timedelta(seconds=self.config.lease_seconds)
         # Runs this worker holds a lease on: executing, or claimed ahead and waiting for a slot.
-        self._in_flight: dict[int, tuple[ClaimedRun, anyio.CancelScope]] = {}
+        self._in_flight: dict[int, _Ready] = {}
         self._executing = 0
         self.rounds_seen: set[int] = set()  # rounds this worker has claimed runs of
         self._last_take_back = -1e9
@@ -249,13 +252,13 @@ class Worker:
             jobs.cancel_scope.cancel()
 
     def _claim_wanted(self) -> int:
-        """How many runs to claim now: 0 until a concurrency's worth has finished.
+        """How many runs to claim now: 0 until two concurrencies' worth have finished.
 
         A claim is a write transaction, so claim ahead in batches: hold up to four times
-        the concurrency and claim again once a concurrency's worth has finished. When a
-        claim starts, three concurrencies' worth still wait for a slot, which keeps the
-        slots busy while the claim waits its turn for the database; and there is one claim
-        per ~concurrency runs.
+        the concurrency and claim again once two concurrencies' worth have finished. When
+        a claim starts, every slot is busy and up to a concurrency's worth more wait for
+        one, which covers the claim's few milliseconds; and one claim serves two
+        concurrencies' worth of runs, which spreads its fixed cost.
         """
         want = 4 * self.concurrency - len(self._in_flight)
         return want if want >= 2 * self.concurrency else 0
