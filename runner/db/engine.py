@@ -145,7 +145,6 @@ class InlineSQLite:
         parsed = parse_url(url)
         if parsed.get_backend_name() != "sqlite":
             raise ConfigError(f"InlineSQLite needs a SQLite URL, not {safe_url(parsed)}")
-        self.url = parsed
         self.busy_timeout_s = busy_timeout_s
         # One connection, made on first use and kept: the event loop's thread is the only
         # user (check_same_thread off only because the loop may run in another thread

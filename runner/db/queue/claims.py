@@ -86,16 +86,22 @@ def _claim_statements(in_rounds: bool, excluding: bool) -> _ClaimStatements:
         "lease_owner": bindparam("owner"),
         "lease_expires_at": bindparam("expires"),
     }
+
+    def pick(*where: Any, order: tuple[Any, ...] = ()) -> Any:
+        """Ids of up to ``limit`` runs matching ``where``, locked, skipping locked ones."""
+        return (
+            select(Run.id)
+            .where(*where)
+            .order_by(*order)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+
     # A run whose worker died with no attempts left fails instead of looping forever.
-    exhausted = (
-        select(Run.id)
-        .where(expired, Run.attempts >= Run.max_attempts)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
     fail_exhausted = (
         update(Run)
-        .where(Run.id.in_(exhausted.scalar_subquery()))
+        .where(Run.id.in_(pick(expired, Run.attempts >= Run.max_attempts)))
         .values(
             state=RunState.FAILED.value,
             finished_at=_NOW,
@@ -107,29 +113,21 @@ def _claim_statements(in_rounds: bool, excluding: bool) -> _ClaimStatements:
         )
         .execution_options(synchronize_session=False)
     )
-    retaken = (
-        select(Run.id)
-        .where(expired)
-        .order_by(Run.lease_expires_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
     take_back = (
         update(Run)
-        .where(Run.id.in_(retaken.scalar_subquery()))
+        .where(Run.id.in_(pick(expired, order=(Run.lease_expires_at,))))
         .values(**lease, attempts=Run.attempts + 1)
         .returning(*_RETURNING)
     )
-    queued = (
-        select(Run.id)
-        .where(Run.state == RunState.QUEUED.value, Run.available_at <= _NOW, scope)
-        .order_by(Run.available_at, Run.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+    queued = pick(
+        Run.state == RunState.QUEUED.value,
+        Run.available_at <= _NOW,
+        scope,
+        order=(Run.available_at, Run.id),
     )
     take_queued = (
         update(Run)
-        .where(Run.id.in_(queued.scalar_subquery()))
+        .where(Run.id.in_(queued))
         .values(
             state=RunState.RUNNING.value,
             **lease,
