@@ -122,6 +122,11 @@ class Worker:
         self._stopping = False
         self._wakeup = anyio.Event()
         self._idle = anyio.Event()
+        # The last claim came back short: the queue had nothing more to give just then.
+        self._queue_short = False
+        # Outcomes handed to the writer and not yet stored, and an event for when none are.
+        self._unstored = 0
+        self._stored = anyio.Event()
         self._loops_stop = anyio.Event()  # heartbeat and scheduler: finish the step, then end
         self._jobs_scope: anyio.CancelScope | None = None
         self.limits = Limits(settings.endpoints)
@@ -287,7 +292,8 @@ class Worker:
                 self._in_flight[run.run_id] = entry
                 self.rounds_seen.add(run.round_id)
                 ready.send_nowait(entry)
-            if len(claimed) < want:
+            self._queue_short = len(claimed) < want
+            if self._queue_short:
                 # Short: look for expired leases on the next claim, not a second from now.
                 self._last_take_back = -1e9
                 if self.burst and await self._drained():
@@ -298,6 +304,12 @@ class Worker:
     async def _drained(self) -> bool:
         if self._in_flight:
             return False
+        # Finished runs count as unfinished until stored: wait for the writer (a retry
+        # stored now puts its run back in the queue, so it is not counted as done).
+        while self._unstored > 0:
+            self._stored = anyio.Event()
+            with anyio.move_on_after(self.config.poll_seconds):
+                await self._stored.wait()
         left = await queue.unfinished_count(
             self.engine, self.round_ids, list(self.stats.disabled_endpoints)
         )
@@ -349,10 +361,16 @@ class Worker:
                             self.engine, self.id, [run.run_id], self.clock()
                         )
                 else:
+                    # Counted before the send: the writer may store it before we resume.
+                    self._unstored += 1
                     try:  # the writer's buffer has room for a few batches: no wait
                         send.send_nowait(outcome)
                     except anyio.WouldBlock:
-                        await send.send(outcome)
+                        try:
+                            await send.send(outcome)
+                        except BaseException:  # cancelled: it never reached the writer
+                            self._unstored -= 1
+                            raise
             finally:
                 self._executing -= 1
         # Done, or our own scope was cancelled because the lease was lost (heartbeat):
@@ -361,7 +379,9 @@ class Worker:
         self._in_flight.pop(run.run_id, None)
         if not self._executing:
             self._idle.set()
-        if self._claim_wanted():
+        # Claim again when there is room; once the queue came back short, a claim per
+        # finished run would find nothing: wait for the poll, or (burst) the last run.
+        if self._claim_wanted() and (not self._queue_short or not self._in_flight):
             self._wake()
 
     async def _attempt(self, run: ClaimedRun, pool: EndpointPool) -> Outcome | None:
@@ -483,6 +503,9 @@ class Worker:
                 batch = await self._gather(first, receive)
                 with anyio.CancelScope(shield=True):
                     stale = await queue.record(self._hot, self.id, batch)
+                self._unstored -= len(batch)
+                if not self._unstored:
+                    self._stored.set()
                 if stale:
                     self.stats.fenced_out += stale
                     log.warning(
@@ -492,10 +515,12 @@ class Worker:
                         stale,
                     )
 
-    @staticmethod
-    async def _gather(first: Outcome, receive: MemoryObjectReceiveStream[Outcome]) -> list[Outcome]:
-        """Results arriving within a few tens of ms of each other go into one transaction."""
-        if receive.statistics().current_buffer_used < WRITE_BATCH:
+    async def _gather(
+        self, first: Outcome, receive: MemoryObjectReceiveStream[Outcome]
+    ) -> list[Outcome]:
+        """Results arriving within a few tens of ms of each other go into one transaction
+        (no wait when nothing is in flight: no more results are coming soon)."""
+        if self._in_flight and receive.statistics().current_buffer_used < WRITE_BATCH:
             await anyio.sleep(WRITE_GATHER_SECONDS)
         batch = [first]
         while len(batch) < WRITE_BATCH:

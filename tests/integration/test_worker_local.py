@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -70,3 +71,18 @@ async def test_timestamps_are_iso_8601_utc_text_on_sqlite_and_timestamptz_on_pos
             assert values, (table, column)
             for value in values:
                 assert isinstance(value, str) and ISO_UTC.match(value), (table, column, value)
+
+
+async def test_a_burst_worker_ends_once_its_last_results_are_stored_not_a_poll_later(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    # Its last results are still with the writer when the queue comes back empty: the
+    # worker waits for them to be stored, not for the next poll (an hour here).
+    base = load_settings(database_url=db_url)
+    settings = replace(base, worker=replace(base.worker, poll_seconds=3600))
+    await submit_jobs(engine, tmp_path, 40, settings)
+    with anyio.fail_after(60):  # all 40 at once: they finish together, just before the end
+        stats = await Worker(engine, settings, concurrency=40, burst=True).run()
+    assert stats.succeeded == 40
+    (left,) = await rows(engine, "SELECT count(*) AS n FROM runs WHERE state <> 'succeeded'")
+    assert left.n == 0
