@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import anyio
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -180,14 +182,7 @@ class Worker:
         if is_sqlite(self.engine):
             inline = InlineSQLite.of(self.engine)
             self._hot = inline
-        await queue.register_worker(
-            self.engine,
-            self.id,
-            hostname=socket.gethostname(),
-            pid=os.getpid(),
-            concurrency=self.concurrency,
-            now=self.clock(),
-        )
+        registered = False
         try:
             # Signals are watched in a scope that is cancelled at the end; the loops that
             # use the database are asked to stop instead, and finish the step they are in:
@@ -195,7 +190,17 @@ class Worker:
             # aiosqlite can leave that close waiting forever at event loop shutdown.
             async with anyio.create_task_group() as signals:
                 if self.handle_signals:
-                    signals.start_soon(self._watch_signals)
+                    # Before registering: a registered worker stops gracefully on SIGTERM.
+                    await signals.start(self._watch_signals)
+                await queue.register_worker(
+                    self.engine,
+                    self.id,
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    concurrency=self.concurrency,
+                    now=self.clock(),
+                )
+                registered = True
                 async with anyio.create_task_group() as loops:
                     loops.start_soon(self._write_loop, receive)
                     loops.start_soon(self._heartbeat_loop)
@@ -222,7 +227,8 @@ class Worker:
         finally:
             with anyio.CancelScope(shield=True):
                 await pool.aclose()
-                await queue.unregister_worker(self.engine, self.id)
+                if registered:
+                    await queue.unregister_worker(self.engine, self.id)
             if inline is not None:
                 inline.dispose()
         self.stats.rate_limited = self.rate_limited
@@ -580,8 +586,9 @@ class Worker:
                 return
             await checkpoint(self.engine)
 
-    async def _watch_signals(self) -> None:
+    async def _watch_signals(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if not self._stopping:

@@ -193,3 +193,23 @@ def test_serve_answers_any_openai_client_and_stops_on_sigterm(tmp_path: Path) ->
 def test_serve_rejects_bad_flags(tmp_path: Path) -> None:
     result = run("serve", "--latency-ms", "fast", cwd=tmp_path)
     assert result.returncode == 2 and "latency" in result.stderr
+
+
+def test_a_worker_that_shows_as_registered_stops_gracefully_on_sigterm(tmp_path: Path) -> None:
+    # Operators and scripts take a row in `workers` as "up": from then on SIGTERM must be
+    # a graceful stop (exit 0), never the default kill of a process without its handler.
+    (tmp_path / "runner.toml").write_text("[worker]\npoll_seconds = 0.05\n")
+    assert run("db", "upgrade", cwd=tmp_path).returncode == 0
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [*RUNNER, "work", "--quiet"], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            if query(tmp_path / "runner.db", "SELECT count(*) FROM workers")[0][0]:
+                break
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert query(tmp_path / "runner.db", "SELECT count(*) FROM workers") == [(0,)]
