@@ -540,11 +540,7 @@ class Worker:
         interval = min(self.config.heartbeat_seconds, REGISTRY_SECONDS)
         alive_within = timedelta(seconds=3 * interval)
         last_lease_renewal = time.monotonic()
-        while True:
-            with anyio.move_on_after(interval):
-                await self._loops_stop.wait()
-            if self._loops_stop.is_set():
-                return
+        while not await self._paused_until_stop(interval):
             live = await queue.worker_heartbeat(
                 self.engine, self.id, now=self.clock(), alive_within=alive_within
             )
@@ -579,12 +575,14 @@ class Worker:
 
     async def _checkpoint_loop(self) -> None:
         """SQLite: the inline connection never checkpoints (it would block the loop)."""
-        while True:
-            with anyio.move_on_after(CHECKPOINT_SECONDS):
-                await self._loops_stop.wait()
-            if self._loops_stop.is_set():
-                return
+        while not await self._paused_until_stop(CHECKPOINT_SECONDS):
             await checkpoint(self.engine)
+
+    async def _paused_until_stop(self, seconds: float) -> bool:
+        """Wait ``seconds``, less if the side loops are asked to stop; True once they are."""
+        with anyio.move_on_after(seconds):
+            await self._loops_stop.wait()
+        return self._loops_stop.is_set()
 
     async def _watch_signals(self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
