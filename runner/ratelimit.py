@@ -186,6 +186,9 @@ class EndpointLimiter:
         self.learned: dict[str, int | None] = {"requests": None, "tokens": None}
         self.share = 1.0
         self._buckets: dict[str, _Bucket | None] = {"requests": None, "tokens": None}
+        # Requests in flight that went out before a requests limit was known: the bucket
+        # made when it is learned starts with them in it (the server counts them too).
+        self._unmetered = 0
         self._slots = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
         self._clock = clock
         self.paused_until = 0.0
@@ -208,7 +211,9 @@ class EndpointLimiter:
                 continue
             size = max(1.0, limit * self.share)
             if bucket is None:
-                self._buckets[kind] = _Bucket(size)
+                bucket = self._buckets[kind] = _Bucket(size)
+                if kind == "requests":
+                    bucket.adjust(self._unmetered)
             else:
                 bucket.resize(size)
 
@@ -230,7 +235,13 @@ class EndpointLimiter:
             if requests is not None:
                 await requests.take(1)
             charged = await tokens.take(estimate) if tokens is not None else 0.0
-            yield Permit(self, estimate, charged)
+            # (Tokens need no such count: without a token bucket nothing is estimated.)
+            unmetered = int(requests is None)
+            self._unmetered += unmetered
+            try:
+                yield Permit(self, estimate, charged)
+            finally:
+                self._unmetered -= unmetered
         finally:
             if self._slots is not None:
                 self._slots.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import anyio
@@ -136,3 +137,18 @@ async def test_max_concurrency_caps_requests_in_flight() -> None:
         for _ in range(8):
             tg.start_soon(one)
     assert peak == 2
+
+
+@pytest.mark.anyio
+async def test_requests_sent_before_a_limit_was_learned_count_in_its_new_bucket() -> None:
+    # Eight requests go out before any response says what the limit is; the bucket made
+    # from the first response's headers must count all eight, not just the server's view.
+    limiter = EndpointLimiter("e")
+    async with contextlib.AsyncExitStack() as stack:
+        permits = [await stack.enter_async_context(limiter.permit(0)) for _ in range(8)]
+        permits[0].settle(None, RateLimitInfo(limit_requests=40, remaining_requests=39))
+        requests = limiter.bucket("requests")
+        assert requests is not None and requests.level == pytest.approx(8, abs=0.1)
+    # Once answered they stay counted (they were sent); new requests are metered as usual.
+    async with limiter.permit(0):
+        assert requests.level == pytest.approx(9, abs=0.1)
