@@ -8,9 +8,10 @@ folder and renamed over FILE once complete, so an error never leaves half a file
 ``openai-batch`` lines are what OpenAI's Batch API writes to its output and error
 files: ``{"id", "custom_id", "response": {"status_code", "request_id", "body"},
 "error"}``. A success carries the stored response body; a failure with an HTTP
-status carries that status and an OpenAI-shaped error body (as OpenAI's error file
-does); a failure without one (timeout, connection error, unusable response) has
-``response: null`` and ``error: {"code", "message"}``.
+status carries that status, the server's ``x-request-id`` and the error body it sent
+(or, when that was not JSON, an OpenAI-shaped one with its message); a failure without
+one (timeout, connection error, unusable response) has ``response: null`` and
+``error: {"code", "message"}``.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ BATCH_COLUMNS = (
     "error_type",
     "error_status",
     "error_message",
+    "error_body",
 )
 CANCELLED_MESSAGE = "This request was not executed: its run was cancelled."
 
@@ -118,18 +120,10 @@ def batch_line(row: Mapping[str, Any]) -> dict[str, Any]:
             "body": json.loads(row["response"]),
         }
     elif state == "failed" and status is not None and status >= 400:
-        error_type = row["error_type"]
         line["response"] = {
             "status_code": status,
-            "request_id": None,  # not stored for errors
-            "body": {
-                "error": {
-                    "message": row["error_message"] or "",
-                    "type": error_type,
-                    "param": None,
-                    "code": error_type,
-                }
-            },
+            "request_id": row["provider_request_id"],
+            "body": _error_body(row),
         }
     elif state == "failed":
         line["error"] = {
@@ -141,6 +135,26 @@ def batch_line(row: Mapping[str, Any]) -> dict[str, Any]:
     else:
         raise ValueError(f"run {row['run_id']} is {state}, not finished")
     return line
+
+
+def _error_body(row: Mapping[str, Any]) -> Any:
+    """The body the server sent with the error, if it was JSON; else an OpenAI-shaped one
+    (OpenAI's own error bodies always are) with the message it said."""
+    stored = row["error_body"]
+    if stored:
+        try:
+            return json.loads(stored)
+        except ValueError:
+            pass
+    error_type = row["error_type"]
+    return {
+        "error": {
+            "message": row["error_message"] or "",
+            "type": error_type,
+            "param": None,
+            "code": error_type,
+        }
+    }
 
 
 def _write_batch_lines(out: TextIO, rows: Iterator[Sequence[Any]]) -> int:

@@ -463,7 +463,15 @@ class Worker:
         self, run: ClaimedRun, started_at: datetime, t0: float, exc: EndpointError
     ) -> Outcome:
         finished = self.clock()
-        retry = exc.retryable and run.attempt < run.max_attempts
+        if exc.status == 401 and run.endpoint in self.stats.disabled_endpoints:
+            # Its endpoint was given up on (a bad key): the run goes back like the rest of
+            # its endpoint's runs, however many tries it had left.
+            self.stats.released += 1
+            return self._error_outcome(run, started_at, t0, exc, "released", finished)
+        # A 401 before the endpoint is given up is held against the run like a retryable
+        # error: a bad key must not fail the first few runs of a batch.
+        retryable = exc.retryable or exc.status == 401
+        retry = retryable and run.attempt < run.max_attempts
         retry_at = None
         if retry:
             delay = backoff_seconds(run.attempt, self.config, exc.retry_after)
@@ -472,7 +480,7 @@ class Worker:
         else:
             self.stats.failed += 1
         message = exc.message
-        if exc.retryable and not retry:
+        if retryable and not retry:
             message = f"{message} (gave up after {run.attempt} attempts)"
         log.log(
             logging.INFO if retry else logging.WARNING,
@@ -487,18 +495,34 @@ class Worker:
             f"; retry in {(retry_at - finished).total_seconds():.1f} s" if retry_at else "",
             extra=run_context(run),
         )
+        outcome = "retry" if retry else "failed"
+        return self._error_outcome(run, started_at, t0, exc, outcome, finished, retry_at, message)
+
+    @staticmethod
+    def _error_outcome(
+        run: ClaimedRun,
+        started_at: datetime,
+        t0: float,
+        exc: EndpointError,
+        outcome: str,
+        finished: datetime,
+        retry_at: datetime | None = None,
+        message: str | None = None,
+    ) -> Outcome:
         return Outcome(
             run_id=run.run_id,
             attempt=run.attempt,
             started_at=started_at,
             finished_at=finished,
             latency_ms=round((time.perf_counter() - t0) * 1000, 3),
-            outcome="retry" if retry else "failed",
+            outcome=outcome,
             http_status=exc.status,
             retry_at=retry_at,
             retry_after_ms=None if exc.retry_after is None else round(exc.retry_after * 1000, 3),
+            provider_request_id=exc.request_id,
             error_type=exc.error_type,
-            error_message=message,
+            error_message=exc.message if message is None else message,
+            error_body=exc.body,
         )
 
     # ------------------------------------------------------------ side tasks
@@ -508,18 +532,31 @@ class Worker:
             async for first in receive:
                 batch = await self._gather(first, receive)
                 with anyio.CancelScope(shield=True):
-                    stale = await queue.record(self._hot, self.id, batch)
+                    discarded = await queue.record(self._hot, self.id, batch)
                 self._unstored -= len(batch)
                 if not self._unstored:
                     self._stored.set()
-                if stale:
-                    self.stats.fenced_out += stale
-                    log.warning(
-                        "worker %s: %d results were not stored: their lease had "
-                        "passed to another worker",
-                        self.id,
-                        stale,
-                    )
+                if discarded:
+                    self._count_discarded(discarded)
+
+    def _count_discarded(self, discarded: Sequence[Outcome]) -> None:
+        """Results the queue refused (the run was no longer ours) are not this worker's."""
+        self.stats.fenced_out += len(discarded)
+        for o in discarded:
+            if o.outcome == "succeeded":
+                self.stats.succeeded -= 1
+            elif o.outcome == "retry":
+                self.stats.retried -= 1
+            elif o.outcome == "failed":
+                self.stats.failed -= 1
+            else:
+                self.stats.released -= 1
+        log.warning(
+            "worker %s: %d results were not stored: their runs were cancelled or had "
+            "passed to another worker (attempts recorded as discarded)",
+            self.id,
+            len(discarded),
+        )
 
     async def _gather(
         self, first: Outcome, receive: MemoryObjectReceiveStream[Outcome]

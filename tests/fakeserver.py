@@ -92,7 +92,8 @@ def fake_server(script: Callable[[Received, int], Reply] | None = None) -> Itera
             self.send_response(reply.status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
-            self.send_header("x-request-id", f"req_{len(server.received)}")
+            if "x-request-id" not in reply.headers:  # a reply may name its own
+                self.send_header("x-request-id", f"req_{len(server.received)}")
             for key, value in reply.headers.items():
                 self.send_header(key, value)
             self.end_headers()

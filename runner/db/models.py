@@ -42,6 +42,20 @@ class RunState(enum.StrEnum):
     CANCELLED = "cancelled"  # cancelled by a user before it finished
 
 
+class AttemptOutcome(enum.StrEnum):
+    """What became of one try. Values are stored as text (``attempts.outcome``)."""
+
+    SUCCEEDED = "succeeded"  # stored on its run: the run succeeded with this response
+    RETRY = "retry"  # a retryable error stored on its run, which went back to the queue
+    FAILED = "failed"  # an error stored on its run, which failed for good
+    # Its endpoint was given up on (an invalid API key): the run went back to the queue
+    # and the try does not count toward max_attempts (the next try has the same number).
+    RELEASED = "released"
+    # Not stored on its run: by the time it ended the run was no longer this worker's
+    # (cancelled, or its lease expired and another worker took it back).
+    DISCARDED = "discarded"
+
+
 class RoundTrigger(enum.StrEnum):
     """Why a round exists."""
 
@@ -154,6 +168,8 @@ class Run(Base):
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_status: Mapped[int | None] = mapped_column(Integer)
     error_message: Mapped[str | None] = mapped_column(Text)
+    # The last error's body exactly as the server sent it (keys redacted), if it sent one.
+    error_body: Mapped[str | None] = mapped_column(Text)
     # Replay: the hash of the body sent when a round's model override changed it
     # (NULL: the job's body was sent as it is, so jobs.request_hash is its hash).
     request_hash: Mapped[str | None] = mapped_column(String(71), index=True)
@@ -179,6 +195,9 @@ class Attempt(Base):
     # Retries: what the server asked (Retry-After) and when the run was queued again for.
     retry_after_ms: Mapped[float | None] = mapped_column(Float)
     retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What the server said: its x-request-id (or the completion id), and an error's body.
+    provider_request_id: Mapped[str | None] = mapped_column(String(200))
+    error_body: Mapped[str | None] = mapped_column(Text)
 
 
 class Worker(Base):

@@ -49,6 +49,8 @@ class EndpointError(Exception):
         status: int | None = None,
         retry_after: float | None = None,
         rate_limits: RateLimitInfo | None = None,
+        body: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -57,6 +59,8 @@ class EndpointError(Exception):
         self.status = status
         self.retry_after = retry_after  # seconds the server asked us to wait
         self.rate_limits = rate_limits
+        self.body = body  # the error body exactly as the server sent it (keys redacted)
+        self.request_id = request_id  # the server's x-request-id header, if it sent one
 
     @property
     def retryable(self) -> bool:

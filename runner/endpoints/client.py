@@ -65,22 +65,68 @@ class Redactor:
         return text.replace(self._secret, "***") if self._secret else text
 
 
+ERROR_BODY_LIMIT = 16_384  # characters of an error body kept; more is cut, and says so
+
+
+def _error_text(body: Any) -> str | None:
+    """What a server's error body says, whatever its shape.
+
+    OpenAI's is ``{"error": {"message": ...}}``; others send ``{"error": "..."}``,
+    ``{"detail": "..."}`` (FastAPI, llama.cpp's proxies), ``{"message": "..."}``, a
+    FastAPI validation list, or plain text or HTML.
+    """
+    if isinstance(body, str):
+        return body.strip() or None
+    if not isinstance(body, dict):
+        return None if body is None else json.dumps(body, ensure_ascii=False)
+    for key in ("error", "detail", "message", "msg"):
+        value = body.get(key)
+        if isinstance(value, dict):
+            inner = _error_text(value)
+            if inner:
+                return inner
+        elif isinstance(value, str) and value.strip():
+            return value.strip()
+        elif isinstance(value, list) and value:
+            return json.dumps(value, ensure_ascii=False)
+    return json.dumps(body, ensure_ascii=False) if body else None
+
+
+def _kept_body(http: httpx2.Response, redact: Redactor) -> str | None:
+    """The error body as the server sent it (secrets redacted), for storage."""
+    try:
+        text = http.text
+    except httpx2.ResponseNotRead:  # closed before it was read: nothing to keep
+        return None
+    if not text:
+        return None
+    text = redact(text)
+    if len(text) > ERROR_BODY_LIMIT:
+        return text[:ERROR_BODY_LIMIT] + f"... [cut: {len(text)} characters in all]"
+    return text
+
+
 def _status_error(exc: openai.APIStatusError, redact: Redactor) -> EndpointError:
     status = exc.status_code
-    body: Any = exc.body
-    detail = body.get("error", body) if isinstance(body, dict) else body
-    code = detail.get("code") if isinstance(detail, dict) else None
-    etype = detail.get("type") if isinstance(detail, dict) else None
-    message = detail.get("message") if isinstance(detail, dict) else None
-    text = redact(str(message or exc.message or f"HTTP {status}"))
+    body: Any = exc.body  # the SDK's: the JSON body's "error" member, or the body itself
+    detail = body if isinstance(body, dict) else {}
+    code, etype = detail.get("code"), detail.get("type")
+    code = code if isinstance(code, (str, int)) else None
+    etype = etype if isinstance(etype, str) else None
+    message = _error_text(body) or f"HTTP {status} with an empty body"
+    text = redact(message[:2000])
+    headers = exc.response.headers
+    kept = _kept_body(exc.response, redact)
+    request_id = headers.get("x-request-id") or None
     if status == 429 and "insufficient_quota" in (code, etype):
         return EndpointError(
             ErrorKind.PERMANENT,
             "insufficient_quota",
             f"out of quota: {text} (check the plan and billing of this API key)",
             status=status,
+            body=kept,
+            request_id=request_id,
         )
-    headers = exc.response.headers
     # x-should-retry: false is the server saying this exact request can never pass.
     retryable = (status in RETRYABLE_STATUS or status >= 500) and (
         headers.get("x-should-retry", "").lower() != "false"
@@ -92,6 +138,8 @@ def _status_error(exc: openai.APIStatusError, redact: Redactor) -> EndpointError
         status=status,
         retry_after=parse_retry_after(headers),
         rate_limits=RateLimitInfo.from_headers(headers),
+        body=kept,
+        request_id=request_id,
     )
 
 
@@ -129,6 +177,8 @@ def _completion(http: httpx2.Response) -> Completion:
             f"the endpoint returned a body that is not a chat completion: {exc}"[:500],
             status=http.status_code,
             rate_limits=RateLimitInfo.from_headers(http.headers),
+            body=text[:ERROR_BODY_LIMIT] or None,
+            request_id=http.headers.get("x-request-id") or None,
         ) from exc
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     model, fingerprint, ident = data.get("model"), data.get("system_fingerprint"), data.get("id")

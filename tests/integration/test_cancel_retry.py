@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from runner.cli import main
 from runner.config import EndpointConfig, WorkerConfig, load_settings
 from runner.submit import submit
 from runner.worker import Worker
-from tests.fakeserver import Reply, completion, fake_server
+from tests.fakeserver import Received, Reply, completion, fake_server
 from tests.helpers import rows, wait_for, yaml_job
 
 pytestmark = pytest.mark.anyio
@@ -61,6 +62,43 @@ async def test_cancel_stops_queued_at_once_and_running_at_the_next_heartbeat(
     assert len(server.received) == 3
     code, out, _ = await anyio.to_thread.run_sync(lambda: cli(db_url, "status", "t"))
     assert "10/10 done: 10 cancelled" in out
+
+
+async def test_results_arriving_after_a_cancel_are_logged_as_discarded_not_succeeded(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    """The answers come back before the worker's heartbeat notices the cancel: the runs
+    stay cancelled, and their attempts say the results were thrown away."""
+    answer = threading.Event()
+
+    def held(req: Received, n: int) -> Reply:
+        answer.wait(20)
+        return Reply(body=completion(req.json))
+
+    with fake_server(held) as server:
+        base = load_settings(database_url=db_url)
+        fake = EndpointConfig(name="fake", type="openai", base_url=server.base_url, timeout=30)
+        settings = replace(
+            base,
+            endpoints={**base.endpoints, "fake": fake},
+            # A heartbeat far away: the answers arrive first.
+            worker=WorkerConfig(concurrency=3, poll_seconds=0.05, heartbeat_seconds=60),
+        )
+        await submit(engine, yaml_job(tmp_path, 3), settings, endpoint="fake")
+        worker = Worker(engine, settings)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker.run)
+            await wait_for(lambda: len(server.received) == 3)
+            code, out, _ = await anyio.to_thread.run_sync(lambda: cli(db_url, "cancel", "t"))
+            assert code == 0 and "cancelled 0 queued and 3 running runs" in out
+            answer.set()
+            await wait_for(lambda: worker.stats.fenced_out == 3)
+            worker.request_stop()
+    runs = await rows(engine, "SELECT state, output, attempts FROM runs")
+    assert {tuple(r) for r in runs} == {("cancelled", None, 1)}
+    attempts = await rows(engine, "SELECT outcome, http_status, number FROM attempts")
+    assert sorted(tuple(a) for a in attempts) == [("discarded", 200, 1)] * 3
+    assert worker.stats.succeeded == 0
 
 
 async def test_retry_failed_queues_them_again_as_new_attempts(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.db import engine as db
 from runner.db import queue
+from runner.db.models import RunState
 from runner.db.queue import Outcome
 from tests.helpers import rows, scalar, submit_jobs
 
@@ -77,13 +79,67 @@ async def test_expired_lease_is_taken_back_and_stale_owner_is_fenced_out(
     # Only the runs named are renewed: one a worker no longer tracks is left to expire.
     assert await queue.heartbeat(engine, "new", [], lease=LEASE, now=later) == set()
     # The stale worker's late result is not stored; the owner's is.
-    assert await queue.record(hot, "old", [success(old, later, "stale")]) == 1
-    assert await queue.record(hot, "new", [success(new, later, "fresh")]) == 0
+    stale = success(old, later, "stale")
+    assert await queue.record(hot, "old", [stale]) == [stale]
+    assert await queue.record(hot, "new", [success(new, later, "fresh")]) == []
     (run,) = await rows(engine, "SELECT state, output, attempts, lease_owner FROM runs")
     assert tuple(run) == ("succeeded", "fresh", 2, None)
-    # Both tries are visible as attempts.
-    attempts = await rows(engine, "SELECT number, worker FROM attempts ORDER BY number")
-    assert [tuple(a) for a in attempts] == [(1, "old"), (2, "new")]
+    # Both tries are visible as attempts; only the stored one says it succeeded.
+    attempts = await rows(
+        engine, "SELECT number, worker, outcome, http_status FROM attempts ORDER BY number"
+    )
+    assert [tuple(a) for a in attempts] == [
+        (1, "old", "discarded", 200),
+        (2, "new", "succeeded", 200),
+    ]
+
+
+async def test_a_cancelled_runs_late_result_is_discarded_and_a_released_try_not_counted(
+    engine: AsyncEngine, hot: queue.QueueEngine, tmp_path: Path
+) -> None:
+    sub = await submit_jobs(engine, tmp_path, 2)
+    a, b = await queue.claim(hot, "w", 2, lease=LEASE, now=T0)
+    assert await queue.cancel_runs(engine, [sub.round_id], T0) == (0, 2)
+    late = success(a, T0, "late")
+    # The 401 that made the worker give its endpoint up: the run goes back uncounted.
+    released = Outcome(
+        run_id=b.run_id, attempt=b.attempt, started_at=T0, finished_at=T0, latency_ms=3,
+        outcome="released", http_status=401, provider_request_id="req_401",
+        error_type="http_401", error_message="Invalid API key",
+        error_body='{"detail": "Invalid API key"}',
+    )  # fmt: skip
+    assert await queue.record(hot, "w", [late, released]) == [late, released]
+    runs = await rows(engine, "SELECT state, output, attempts FROM runs ORDER BY id")
+    assert [tuple(r) for r in runs] == [("cancelled", None, 1), ("cancelled", None, 1)]
+    attempts = await rows(engine, "SELECT outcome, http_status FROM attempts ORDER BY run_id")
+    assert [tuple(r) for r in attempts] == [("discarded", 200), ("discarded", 401)]
+
+    await queue.requeue_runs(engine, [sub.round_id], [RunState.CANCELLED], extra_attempts=3, now=T0)
+    (again,) = [
+        r for r in await queue.claim(hot, "w", 2, lease=LEASE, now=T0) if r.run_id == b.run_id
+    ]
+    assert again.attempt == 2
+    released = replace(released, attempt=again.attempt)
+    assert await queue.record(hot, "w", [released]) == []
+    (run,) = await rows(
+        engine,
+        "SELECT state, attempts, error_status, error_message, error_body, lease_owner "
+        f"FROM runs WHERE id = {b.run_id}",
+    )
+    assert tuple(run) == (
+        "queued",
+        1,
+        401,
+        "Invalid API key",
+        '{"detail": "Invalid API key"}',
+        None,
+    )
+    (attempt,) = await rows(
+        engine,
+        "SELECT outcome, provider_request_id, error_body FROM attempts "
+        f"WHERE run_id = {b.run_id} AND number = 2",
+    )
+    assert tuple(attempt) == ("released", "req_401", '{"detail": "Invalid API key"}')
 
 
 async def test_retry_waits_for_available_at_and_release_does_not_count(
@@ -96,7 +152,7 @@ async def test_retry_waits_for_available_at_and_release_does_not_count(
         outcome="retry", http_status=503, retry_at=T0 + timedelta(seconds=30),
         error_type="server_error", error_message="busy",
     )  # fmt: skip
-    assert await queue.record(hot, "w", [retry]) == 0
+    assert await queue.record(hot, "w", [retry]) == []
     assert await queue.release(engine, "w", [b.run_id], T0) == 1
     state = await rows(engine, "SELECT id, state, attempts, error_status FROM runs ORDER BY id")
     assert [tuple(r) for r in state] == [

@@ -144,9 +144,22 @@ async def test_repeated_401s_stop_the_worker_claiming_for_that_endpoint(
         (r.state, r.n)
         for r in await rows(engine, "SELECT state, count(*) n FROM runs GROUP BY state")
     )
-    assert states["queued"] >= 36 and states["failed"] <= 4 and "running" not in states
+    # A bad key fails no run: the first 401s are retried, the rest released.
+    assert states == {"queued": 40}
+    outcomes = await rows(
+        engine, "SELECT outcome, count(*) n FROM attempts GROUP BY outcome ORDER BY outcome"
+    )
+    assert sum(r.n for r in outcomes) == len(server.received)
+    assert {r.outcome for r in outcomes} <= {"released", "retry"}
     # The runs it gave up on were released, not charged an attempt.
-    assert await rows(engine, "SELECT id FROM runs WHERE state = 'queued' AND attempts > 0") == []
+    assert (
+        await rows(
+            engine,
+            "SELECT r.id FROM runs r WHERE r.attempts > 0 AND NOT EXISTS "
+            "(SELECT 1 FROM attempts a WHERE a.run_id = r.id AND a.outcome = 'retry')",
+        )
+        == []
+    )
 
 
 async def test_rate_limit_headers_teach_the_worker_and_429_pauses_the_endpoint(

@@ -78,3 +78,30 @@ def test_docs_describe_every_table_view_and_column(db_url: str) -> None:
                 assert not stale, f"docs/schema.md describes columns {name} lacks: {stale}"
     finally:
         engine.dispose()
+
+
+def _columns(url: str, view: str) -> list[str]:
+    engine = db.create_sync_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [c["name"] for c in inspect(conn).get_columns(view)]
+    finally:
+        engine.dispose()
+
+
+def test_0007_adds_error_body_to_run_results_and_takes_it_back(empty_db_url: str) -> None:
+    assert db.upgrade(empty_db_url, "0006") == (None, "0006")
+    before = _columns(empty_db_url, "run_results")
+    assert db.upgrade(empty_db_url, "0007") == ("0006", "0007")
+    # Added at the end, so `SELECT *` users see the old columns where they were.
+    assert _columns(empty_db_url, "run_results") == [*before, "error_body"]
+    engine = db.create_sync_engine(empty_db_url)
+    try:
+        with engine.begin() as conn:
+            config = db.alembic_config(empty_db_url)
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0006")
+    finally:
+        engine.dispose()
+    assert _columns(empty_db_url, "run_results") == before
+    assert _views(empty_db_url) == VIEWS  # fingerprint_history came back with it

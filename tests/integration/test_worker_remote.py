@@ -147,8 +147,10 @@ async def test_api_key_is_never_stored_even_when_the_server_echoes_it(
 
     with fake_server(script) as server:
         await run_batch(engine, settings_for(server, db_url), yaml_job(tmp_path, 1))
-    (run,) = await rows(engine, "SELECT state, error_message FROM runs")
-    assert run.state == "failed" and "Incorrect API key provided: ***" in run.error_message
+    (run,) = await rows(engine, "SELECT state, error_message, error_body FROM runs")
+    # A bad key fails no run: it goes back to the queue once the endpoint is given up.
+    assert run.state == "queued" and "Incorrect API key provided: ***" in run.error_message
+    assert "Incorrect API key provided: ***" in run.error_body
     for table in ("batches", "jobs", "rounds", "runs", "attempts"):
         for row in await rows(engine, f"SELECT * FROM {table}"):
             assert SECRET not in repr(tuple(row))

@@ -24,6 +24,7 @@ RUN = {
     "error_type": None,
     "error_status": None,
     "error_message": None,
+    "error_body": None,
 }
 
 
@@ -96,6 +97,20 @@ def test_failures_carry_their_error_as_openai_writes_it() -> None:
             }
         },
     }
+    # What the server sent is written as it sent it, with its request id.
+    server_said = {"detail": "Invalid API key"}
+    llama = _line(
+        error_type="http_401",
+        error_status=401,
+        error_message="Invalid API key",
+        error_body=json.dumps(server_said),
+        provider_request_id="req_401",
+    )
+    assert llama["response"] == {"status_code": 401, "request_id": "req_401", "body": server_said}
+    # A body that is not JSON (a proxy's HTML page) becomes an OpenAI-shaped one.
+    html = _line(error_type="http_502", error_status=502, error_message="<h1>Bad Gateway</h1>",
+                 error_body="<h1>Bad Gateway</h1>")  # fmt: skip
+    assert html["response"]["body"]["error"]["message"] == "<h1>Bad Gateway</h1>"
     timeout = _line(error_type="timeout", error_message="no answer in 120 s")
     assert timeout["response"] is None
     assert timeout["error"] == {"code": "timeout", "message": "no answer in 120 s"}

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Integer,
     and_,
     bindparam,
     func,
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.db.models import (
     Attempt,
+    AttemptOutcome,
     Run,
     RunState,
 )
@@ -45,7 +47,10 @@ class Outcome:
     started_at: datetime
     finished_at: datetime
     latency_ms: float
-    # succeeded: the run is done; retry: back to queued at retry_at; failed: done, with error.
+    # succeeded: the run is done; retry: back to queued at retry_at; failed: done, with
+    # error; released: back to queued at once, the try not counted (its endpoint was given
+    # up on). An AttemptOutcome value; ``record`` stores it as ``discarded`` instead when
+    # the run was no longer this worker's.
     outcome: str
     http_status: int | None = None
     retry_at: datetime | None = None
@@ -64,6 +69,7 @@ class Outcome:
     # failure fields
     error_type: str | None = None
     error_message: str | None = None
+    error_body: str | None = None  # the error response's body as the server sent it
 
 
 def _fence() -> Any:
@@ -80,23 +86,28 @@ def _params(owner: str, outcome: Outcome) -> dict[str, Any]:
 
 
 _STATE_AFTER = {
-    "succeeded": RunState.SUCCEEDED.value,
-    "failed": RunState.FAILED.value,
-    "retry": RunState.QUEUED.value,
+    AttemptOutcome.SUCCEEDED.value: RunState.SUCCEEDED.value,
+    AttemptOutcome.FAILED.value: RunState.FAILED.value,
+    AttemptOutcome.RETRY.value: RunState.QUEUED.value,
+    AttemptOutcome.RELEASED.value: RunState.QUEUED.value,
 }
 
 
 def _outcome_params(owner: str, o: Outcome) -> dict[str, Any]:
-    done = o.outcome != "retry"
+    queued = _STATE_AFTER[o.outcome] == RunState.QUEUED.value
+    success = o.outcome == AttemptOutcome.SUCCEEDED.value
     return {
         **_params(owner, o),
         "b_state": _STATE_AFTER[o.outcome],
-        "b_finished_at": o.finished_at if done else None,
-        "b_available_at": o.finished_at if done else (o.retry_at or o.finished_at),
+        "b_finished_at": None if queued else o.finished_at,
+        "b_available_at": (o.retry_at or o.finished_at) if queued else o.finished_at,
+        # A released try does not count: the next claim makes the same attempt number.
+        "b_uncounted": 1 if o.outcome == AttemptOutcome.RELEASED.value else 0,
         "b_latency_ms": o.latency_ms,
         "b_error_type": o.error_type,
-        "b_error_status": None if o.outcome == "succeeded" else o.http_status,
+        "b_error_status": None if success else o.http_status,
         "b_error_message": o.error_message,
+        "b_error_body": o.error_body,
         **{f"b_{c}": getattr(o, c) for c in _SUCCESS_COLUMNS},
     }
 
@@ -114,47 +125,82 @@ def _store_statement() -> Any:
             latency_ms=bindparam("b_latency_ms"),
             lease_owner=None,
             lease_expires_at=None,
+            attempts=Run.attempts - bindparam("b_uncounted", type_=Integer()),
             error_type=bindparam("b_error_type"),
             error_status=bindparam("b_error_status"),
             error_message=bindparam("b_error_message"),
+            error_body=bindparam("b_error_body"),
             **{c: bindparam(f"b_{c}") for c in _SUCCESS_COLUMNS},
         )
     )
 
 
-async def record(engine: QueueEngine, owner: str, outcomes: Sequence[Outcome]) -> int:
-    """Store a batch of outcomes in one transaction; returns how many were fenced out.
+@functools.cache
+def _held_statement() -> Any:
+    """The runs among ``ids`` that ``owner`` still holds, with their attempt numbers,
+    locked in id order (the order ``heartbeat`` and ``release`` lock them in)."""
+    return (
+        select(Run.id, Run.attempts)
+        .where(
+            Run.id.in_(bindparam("ids", expanding=True)),
+            Run.state == RunState.RUNNING.value,
+            Run.lease_owner == bindparam("owner"),
+        )
+        .order_by(Run.id)
+        .with_for_update()
+    )
 
-    One statement for every outcome, in run id order: PostgreSQL locks the rows in
-    the same order as ``heartbeat`` and ``release`` do, so they cannot deadlock.
+
+def _attempt_row(owner: str, o: Outcome, stored: bool) -> dict[str, Any]:
+    return {
+        "run_id": o.run_id,
+        "number": o.attempt,
+        "worker": owner,
+        "started_at": o.started_at,
+        "latency_ms": o.latency_ms,
+        "outcome": o.outcome if stored else AttemptOutcome.DISCARDED.value,
+        "http_status": o.http_status,
+        "error_type": o.error_type,
+        "error_message": o.error_message,
+        "retry_after_ms": o.retry_after_ms,
+        "retry_at": o.retry_at if stored else None,
+        "provider_request_id": o.provider_request_id,
+        "error_body": o.error_body,
+    }
+
+
+async def record(engine: QueueEngine, owner: str, outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """Store a batch of outcomes in one transaction; returns those that were discarded.
+
+    An outcome is stored on its run only while ``owner`` still holds that run at the same
+    attempt (the fence); one that is not (the run was cancelled, or its lease passed to
+    another worker) is discarded, and its attempt row says so. The runs are locked first,
+    in run id order: PostgreSQL locks rows in the same order as ``heartbeat`` and
+    ``release`` do, so they cannot deadlock, and no one can take a run over between the
+    check and the store.
     """
     ordered = sorted(outcomes, key=lambda o: o.run_id)
-    attempts = [
-        {
-            "run_id": o.run_id,
-            "number": o.attempt,
-            "worker": owner,
-            "started_at": o.started_at,
-            "latency_ms": o.latency_ms,
-            "outcome": o.outcome,
-            "http_status": o.http_status,
-            "error_type": o.error_type,
-            "error_message": o.error_message,
-            "retry_after_ms": o.retry_after_ms,
-            "retry_at": o.retry_at,
+    ids = [o.run_id for o in ordered]
+
+    def write(conn: Connection) -> list[Outcome]:
+        held = {
+            row.id: row.attempts
+            for row in conn.execute(_held_statement(), {"ids": ids, "owner": owner})
         }
-        for o in ordered
-    ]
+        stored = [o for o in ordered if held.get(o.run_id) == o.attempt]
+        if stored:
+            params = [_outcome_params(owner, o) for o in stored]
+            result = conn.execute(_store_statement(), params)
+            # The rows are locked: what the check found held, the fenced update must find.
+            if result.rowcount != len(stored):
+                raise RuntimeError(
+                    f"stored {result.rowcount} of {len(stored)} held runs: fence and lock disagree"
+                )
+        kept = {o.run_id for o in stored}
+        conn.execute(insert(Attempt), [_attempt_row(owner, o, o.run_id in kept) for o in ordered])
+        return [o for o in ordered if o.run_id not in kept]
 
-    params = [_outcome_params(owner, o) for o in ordered]
-
-    def write(conn: Connection) -> int:
-        result = conn.execute(_store_statement(), params)
-        conn.execute(insert(Attempt), attempts)
-        return int(result.rowcount)
-
-    applied = await _retry_deadlock(lambda: _transaction(engine, write))
-    return len(outcomes) - applied
+    return await _retry_deadlock(lambda: _transaction(engine, write))
 
 
 async def unfinished_count(
