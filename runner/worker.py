@@ -58,6 +58,9 @@ REGISTRY_SECONDS = 5.0  # at most this long before a worker notices others join 
 TAKE_BACK_SECONDS = 1.0  # claims look for expired leases at most this often while busy
 CHECKPOINT_SECONDS = 1.0  # SQLite: how often the worker checkpoints the WAL (see InlineSQLite)
 WRITE_GATHER_SECONDS = 0.05  # the writer waits this long to store results in one transaction
+# At a stop, side loops finish the step they are in; one still busy after this is cancelled.
+# Longer than SQLite's busy timeout (60 s): a step waiting for the lock ends by itself.
+SIDE_LOOPS_STOP_SECONDS = 90.0
 
 
 _Ready = tuple[ClaimedRun, anyio.CancelScope]  # a claimed run, and the scope that can abandon it
@@ -220,9 +223,15 @@ class Worker:
                             await self._claim_and_execute(send, pool)
                         finally:
                             await self._release_unfinished()
-                    # The writer stores what is left, then ends with the closed stream.
+                    # The writer stores what is left, then ends with the closed stream;
+                    # the other loops end after the step they are in. The deadline is for
+                    # a step that hangs: one cancelled midway on SQLite can leave its
+                    # connection holding the write lock, so the grace period (which may
+                    # be 0) is no bound here.
                     self._loops_stop.set()
-                    loops.cancel_scope.deadline = anyio.current_time() + self.config.grace_seconds
+                    loops.cancel_scope.deadline = anyio.current_time() + max(
+                        self.config.grace_seconds, SIDE_LOOPS_STOP_SECONDS
+                    )
                 signals.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -316,9 +325,12 @@ class Worker:
             self._stored = anyio.Event()
             with anyio.move_on_after(self.config.poll_seconds):
                 await self._stored.wait()
-        left = await queue.unfinished_count(
-            self.engine, self.round_ids, list(self.stats.disabled_endpoints)
-        )
+        # Shielded: a second signal cancels this task, and a SQLite transaction cancelled
+        # midway can leave its connection holding the write lock (see ``run``).
+        with anyio.CancelScope(shield=True):
+            left = await queue.unfinished_count(
+                self.engine, self.round_ids, list(self.stats.disabled_endpoints)
+            )
         return left == 0
 
     async def _sleep(self, seconds: float) -> None:

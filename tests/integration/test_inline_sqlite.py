@@ -9,14 +9,18 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
 import pytest
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from runner.config import WorkerConfig, load_settings
 from runner.db import engine as db
+from runner.worker import Worker
 
 pytestmark = pytest.mark.anyio
 
@@ -136,3 +140,39 @@ async def test_never_checkpoints_itself_and_checkpoint_does_it_off_the_loop(
     finally:
         await engine.dispose()
         inline.dispose()
+
+
+async def test_a_stop_waits_for_a_side_loops_write_instead_of_stranding_its_lock(
+    tmp_path: Path,
+) -> None:
+    """Another process holds the write lock while the worker stops with no grace: its
+    registry heartbeat is waiting for that lock. Cancelled there, the heartbeat's
+    connection would take the lock once it came free and never let it go, and the
+    worker's last write (unregistering) failed with "database is locked"."""
+    url = _url(tmp_path)
+    settings = load_settings(database_url=url)
+    settings = replace(
+        settings,
+        worker=WorkerConfig(poll_seconds=30, heartbeat_seconds=0.05, grace_seconds=0.01),
+    )
+    engine = db.create_engine_async(url)
+    worker = Worker(engine, settings)
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(worker.run)
+                while not await _scalar(engine, "SELECT count(*) FROM workers"):  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+                await anyio.sleep(0.2)  # its first claim is done: it sleeps for 30 s
+                holder = _hold_write_lock(tmp_path / "runner.db", 0.6)
+                await anyio.sleep(0.2)  # its heartbeat now waits for the lock
+                worker.request_stop()
+            holder.join()
+        assert await _scalar(engine, "SELECT count(*) FROM workers") == 0
+    finally:
+        await engine.dispose()
+
+
+async def _scalar(engine: AsyncEngine, sql: str) -> object:
+    async with engine.connect() as conn:
+        return await conn.scalar(text(sql))
