@@ -48,3 +48,17 @@ async def wait_for(condition: Callable[[], bool], limit: float = 10) -> None:
     with anyio.fail_after(limit):
         while not condition():  # noqa: ASYNC110 - the state lives outside this event loop
             await anyio.sleep(0.01)
+
+
+# Runs whose succeeded attempts are not exactly one if the run succeeded, none otherwise
+# (a --reuse copy made no request: it has no attempts). Must be empty after any crash,
+# cancel or race: a result thrown away is logged as 'discarded', never 'succeeded'.
+SUCCESS_ATTEMPTS_MISMATCH = """
+SELECT r.id, r.state, (
+    SELECT count(*) FROM attempts a WHERE a.run_id = r.id AND a.outcome = 'succeeded'
+) AS succeeded_attempts
+FROM runs r
+WHERE r.reused_from_run_id IS NULL AND (
+    SELECT count(*) FROM attempts a WHERE a.run_id = r.id AND a.outcome = 'succeeded'
+) <> CASE WHEN r.state = 'succeeded' THEN 1 ELSE 0 END
+"""

@@ -14,6 +14,7 @@ from pathlib import Path
 import openai
 
 from tests.fakeserver import Reply, completion, fake_server
+from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = [sys.executable, "-m", "runner"]
@@ -136,6 +137,7 @@ def test_sigterm_stops_gracefully_and_a_second_signal_stops_at_once(tmp_path: Pa
         assert all(
             attempts == 0 and owner is None for state, attempts, owner in rows if state == "queued"
         )
+        assert query(tmp_path / "runner.db", SUCCESS_ATTEMPTS_MISMATCH) == []
 
 
 def test_postgres_needs_db_upgrade_then_runs(tmp_path: Path, empty_db_url: str) -> None:

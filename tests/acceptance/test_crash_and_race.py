@@ -20,6 +20,7 @@ from sqlalchemy import text
 from runner.db import engine as db
 from runner.localmodel.server import ServerOptions, running_server
 from tests.fakeserver import fake_server
+from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH
 
 RUNNER = [sys.executable, "-m", "runner"]
 
@@ -123,6 +124,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_stores_nothing_twice(
         "GROUP BY run_id HAVING count(*) <> 1",
     )
     assert per_run == []
+    assert sql(db_url, SUCCESS_ATTEMPTS_MISMATCH) == []
     assert sql(
         db_url, "SELECT count(DISTINCT run_id) FROM attempts WHERE outcome = 'succeeded'"
     ) == [(2000,)]
@@ -150,5 +152,6 @@ def test_racing_workers_never_execute_a_run_twice(tmp_path: Path, db_url: str) -
         ("succeeded", 600, 1)
     ]
     assert sql(db_url, "SELECT count(*), count(DISTINCT run_id) FROM attempts") == [(600, 600)]
+    assert sql(db_url, SUCCESS_ATTEMPTS_MISMATCH) == []
     by_worker = sql(db_url, "SELECT worker, count(*) FROM attempts GROUP BY worker")
     assert len(by_worker) == workers, by_worker  # every process did part of the work

@@ -21,6 +21,7 @@ from sqlalchemy import text
 from runner.cron import parse_cron
 from runner.db import engine as db
 from runner.db.types import utcnow
+from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH
 from tests.schedulekit import nightly_job
 
 RUNNER = [sys.executable, "-m", "runner"]
@@ -99,6 +100,7 @@ def test_three_worker_processes_racing_on_a_tick_make_one_round(
         "SELECT count(*) FROM attempts a JOIN runs r ON r.id = a.run_id "
         "JOIN rounds ro ON ro.id = r.round_id WHERE ro.number = 2",
     ) == [(12,)]
+    assert sql(db_url, SUCCESS_ATTEMPTS_MISMATCH) == []
     assert sql(db_url, "SELECT status, on_drift_state FROM drift_reports") == [
         ("fingerprint_changed", "succeeded")
     ]

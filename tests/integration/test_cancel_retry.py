@@ -18,7 +18,7 @@ from runner.config import EndpointConfig, WorkerConfig, load_settings
 from runner.submit import submit
 from runner.worker import Worker
 from tests.fakeserver import Received, Reply, completion, fake_server
-from tests.helpers import rows, wait_for, yaml_job
+from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH, rows, wait_for, yaml_job
 
 pytestmark = pytest.mark.anyio
 
@@ -60,6 +60,7 @@ async def test_cancel_stops_queued_at_once_and_running_at_the_next_heartbeat(
     states = await rows(engine, "SELECT state, output, lease_owner FROM runs")
     assert {tuple(r) for r in states} == {("cancelled", None, None)}
     assert len(server.received) == 3
+    assert await rows(engine, SUCCESS_ATTEMPTS_MISMATCH) == []
     code, out, _ = await anyio.to_thread.run_sync(lambda: cli(db_url, "status", "t"))
     assert "10/10 done: 10 cancelled" in out
 
@@ -99,6 +100,7 @@ async def test_results_arriving_after_a_cancel_are_logged_as_discarded_not_succe
     attempts = await rows(engine, "SELECT outcome, http_status, number FROM attempts")
     assert sorted(tuple(a) for a in attempts) == [("discarded", 200, 1)] * 3
     assert worker.stats.succeeded == 0
+    assert await rows(engine, SUCCESS_ATTEMPTS_MISMATCH) == []
 
 
 async def test_retry_failed_queues_them_again_as_new_attempts(
