@@ -157,3 +157,11 @@ def test_work_burst_exits_1_when_runs_failed(db_url: str, tmp_path: Path, fake: 
     )
     code, out, _ = cli(db_url, "work", "--burst", "-q")
     assert code == 0 and "1 succeeded, 0 failed" in out
+
+
+def test_verify_of_a_file_that_ran_queues_a_batch_of_its_own(db_url: str, tmp_path: Path) -> None:
+    job = str(yaml_job(tmp_path, 2))
+    assert cli(db_url, "run", "-q", job)[0] == 0
+    code, out, err = cli(db_url, "verify", job, "--times", "2")
+    assert code == 0, out + err
+    assert batches(db_url) == [(1, "t"), (2, "t")]
