@@ -19,15 +19,12 @@ from runner.db import queue
 from runner.db.types import utcnow
 from tests.fakeserver import FakeServer, Reply, completion, fake_server
 from tests.helpers import yaml_job
+from tests.sqlkit import sync_engine
 
 
 def sync_rows(db_url: str, query: str) -> list[tuple[object, ...]]:
-    engine = db.create_sync_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(query))]
-    finally:
-        engine.dispose()
+    with sync_engine(db_url) as engine, engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(query))]
 
 
 def cli(db_url: str, *args: str) -> tuple[int, str, str]:
