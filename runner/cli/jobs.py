@@ -252,8 +252,8 @@ def _echo_held(last: queue.LastRound) -> None:
         return
     if last.lease_until > utcnow():
         click.echo(
-            f"{held} runs are held by another worker, or one stopped without releasing them: "
-            f"waiting for them, at most until their lease ends ({last.lease_until:%H:%M:%S} UTC)"
+            f"{held} runs are held by another worker: waiting for them (if it was killed, "
+            f"they come back here when its lease ends, {last.lease_until:%H:%M:%S} UTC)"
         )
     else:
         click.echo(f"{held} runs were left running by a worker whose lease ended: taking them back")
