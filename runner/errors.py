@@ -42,6 +42,12 @@ class JobFileError(RunnerError):
         super().__init__(f"{where}: {what}")
 
 
+class AlreadySubmittedError(RunnerError):
+    """This job file already ran as a batch: give --again to submit it as a new one."""
+
+    exit_code = 3  # distinct from 1 (runs failed): nothing was sent
+
+
 class DatabaseError(RunnerError):
     """The database cannot be used as it is."""
 

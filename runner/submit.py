@@ -4,10 +4,16 @@ Jobs stream from the parser into the database (one COPY on PostgreSQL, chunks on
 SQLite), so a file of a million lines is never held in memory. Any error (parser,
 duplicate key, database) rolls the whole transaction back: no batch row, no jobs, no
 runs.
+
+A file whose identical submission is already stored (same bytes, batch name and
+endpoint) is not queued twice: if that batch's latest round has runs left, ``submit``
+returns it (``Submitted.resumed``) for the caller to work; if it finished,
+``AlreadySubmittedError`` says so. ``again=True`` queues a new batch regardless.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,9 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.config import Settings
 from runner.db import queue
-from runner.db.models import RoundTrigger
+from runner.db.models import RoundTrigger, RunState
 from runner.db.types import utcnow
-from runner.errors import JobFileError, ScheduleError
+from runner.errors import AlreadySubmittedError, JobFileError, ScheduleError
 from runner.jobfile import JobFile, find_duplicate, load_job_file
 from runner.schedule import create_schedule
 
@@ -33,6 +39,46 @@ class Submitted:
     round_id: int
     round_number: int
     schedule: str | None = None  # the schedule the file's ``schedule:`` created
+    # Not queued now: the identical file's batch, whose latest round still has runs left.
+    resumed: queue.LastRound | None = None
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _finished_message(path: Path, name: str, last: queue.LastRound) -> str:
+    counts = ", ".join(f"{last.counts[s]} {s}" for s in RunState if last.counts.get(s))
+    what = f"{path} already ran as batch {last.batch_id} ({name}): round {last.number} finished"
+    again = "or give --again to submit it as a new batch"
+    redo = [s for s in ("failed", "cancelled") if last.counts.get(s)]
+    if redo:
+        retry = f"runner retry {last.batch_id} " + " ".join(f"--{s}" for s in redo)
+        return f"{what} ({counts}); `{retry}` queues those again, {again}"
+    return f"{what} ({counts}); see `runner status {last.batch_id}`, {again}"
+
+
+async def _already_submitted(
+    engine: AsyncEngine, job_file: JobFile, path: Path
+) -> Submitted | None:
+    """The identical submission's unfinished batch; raises if it finished; None if none."""
+    async with engine.connect() as conn:
+        last = await queue.identical_batch(
+            conn,
+            name=job_file.name,
+            source_sha256=_file_sha256(path),
+            endpoint=job_file.endpoint,
+        )
+    if last is None:
+        return None
+    if not last.left:
+        raise AlreadySubmittedError(_finished_message(path, job_file.name, last))
+    total = sum(last.counts.values())
+    return Submitted(last.batch_id, job_file.name, total, last.round_id, last.number, None, last)
 
 
 def _row(batch_id: int, job: Any) -> dict[str, Any]:
@@ -83,10 +129,17 @@ async def submit(
     endpoint: str | None = None,
     name: str | None = None,
     now: datetime | None = None,
+    again: bool = False,
 ) -> Submitted:
-    """Validate and store a job file as a batch with its first round of queued runs."""
+    """Validate and store a job file as a batch with its first round of queued runs.
+
+    Unless ``again``, an identical submission already stored is returned or refused
+    instead (see the module's docstring).
+    """
     job_file = load_job_file(path, endpoint=endpoint, name=name)
     settings.endpoint(job_file.endpoint)  # unknown endpoint: fail before writing anything
+    if not again and (found := await _already_submitted(engine, job_file, path)):
+        return found
     try:
         submitted = await _insert(engine, job_file, settings, now or utcnow())
     except IntegrityError:

@@ -106,7 +106,8 @@ async def prepare(
     now = now or utcnow()
     round_ids: list[int] = []
     if is_job_file(target):
-        sub = await submit(engine, Path(target), settings, endpoint=endpoint, now=now)
+        # A batch of its own, even for a file run before: K fresh runs of every job.
+        sub = await submit(engine, Path(target), settings, endpoint=endpoint, now=now, again=True)
         round_ids.append(sub.round_id)
         batch_ref, override = str(sub.batch_id), None
     else:

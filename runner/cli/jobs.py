@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner import output
 from runner.cli.base import Context, _clock, _concurrency, main, pass_context
 from runner.db import queue
+from runner.db.engine import safe_url
 from runner.db.models import RunState
 from runner.db.types import utcnow
 from runner.progress import Mode, run_with_progress, watch_status
@@ -40,10 +43,33 @@ def _job_file_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="Send every job to this endpoint instead of the one the file names "
         "[default: YAML 'endpoint' (local), 'openai' for .jsonl]",
     )(fn)
+    fn = click.option(
+        "--again",
+        is_flag=True,
+        show_envvar=True,
+        help="Submit JOB_FILE as a new batch even if the same file (bytes, --name and "
+        "--endpoint) was submitted before. Without it, an unfinished batch of that file is "
+        "taken up instead of queued twice, and a finished one is refused (exit 3).",
+    )(fn)
     return click.argument("job_file", type=click.Path(path_type=Path, dir_okay=False))(fn)
 
 
+def _left_text(sub: Submitted) -> str:
+    last = sub.resumed
+    assert last is not None
+    return (
+        f"batch {sub.batch_id} ({sub.name}) round {sub.round_number} "
+        f"({last.left} of {sub.job_count} runs left)"
+    )
+
+
 def _echo_submitted(sub: Submitted) -> None:
+    if sub.resumed is not None:
+        click.echo(
+            f"{_left_text(sub)} is already queued, nothing new queued: "
+            "`runner work` runs it (--again submits the file as a new batch)"
+        )
+        return
     click.echo(
         f"batch {sub.batch_id} ({sub.name}): {sub.job_count} jobs queued "
         f"as round {sub.round_number}"
@@ -55,9 +81,17 @@ def _echo_submitted(sub: Submitted) -> None:
 @main.command("submit")
 @_job_file_options
 @pass_context
-def submit_cmd(obj: Context, job_file: Path, endpoint: str | None, name: str | None) -> None:
-    """Validate JOB_FILE and queue it as a new batch (all of it or nothing)."""
-    sub = obj.run(lambda e: submit(e, job_file, obj.settings, endpoint=endpoint, name=name))
+def submit_cmd(
+    obj: Context, job_file: Path, endpoint: str | None, name: str | None, again: bool
+) -> None:
+    """Validate JOB_FILE and queue it as a new batch (all of it or nothing).
+
+    The same file submitted again is not queued twice: if its batch still has runs
+    queued or running it says so and exits 0; if it finished it exits 3 (see --again).
+    """
+    sub = obj.run(
+        lambda e: submit(e, job_file, obj.settings, endpoint=endpoint, name=name, again=again)
+    )
     _echo_submitted(sub)
 
 
@@ -92,7 +126,8 @@ def _progress_mode(quiet: bool, interval: float | None) -> tuple[Mode, float]:
     "--burst",
     is_flag=True,
     show_envvar=True,
-    help="Exit when nothing is queued or running, instead of waiting for more.",
+    help="Exit when nothing is queued or running, instead of waiting for more; "
+    "exit 1 if any run this worker worked ended failed.",
 )
 @_progress_options
 @click.option(
@@ -115,7 +150,8 @@ def work_cmd(
     """Claim queued runs and execute them until stopped (Ctrl-C: graceful stop).
 
     On a terminal it shows live progress; elsewhere it prints a progress line every
-    few seconds.
+    few seconds. With --burst it exits 1 if any run it worked ended failed (for scripts
+    and cron); a worker without --burst exits 0 when stopped.
     """
     mode, interval = _progress_mode(quiet, progress_interval)
 
@@ -134,6 +170,9 @@ def work_cmd(
     concurrency_used = concurrency or obj.settings.worker.concurrency
     stats = obj.run(go, pool_size=max(5, min(concurrency_used // 8, 20)))
     click.echo(output.worker_summary(stats))
+    if burst and stats.failed:
+        click.echo(f"{stats.failed} runs failed: see `runner status`", err=True)
+        sys.exit(1)
 
 
 @main.command("run")
@@ -153,6 +192,7 @@ def run_cmd(
     job_file: Path,
     endpoint: str | None,
     name: str | None,
+    again: bool,
     concurrency: int | None,
     reuse: bool,
     quiet: bool,
@@ -160,12 +200,20 @@ def run_cmd(
 ) -> None:
     """Submit JOB_FILE, work its runs until done, and print a summary.
 
-    Exits 1 if any run failed.
+    Run it again after Ctrl-C or a crash: the same file (bytes, --name and --endpoint)
+    resumes its batch instead of sending everything again; once that batch finished it
+    exits 3 (see --again). Exits 1 if any run failed or is left unfinished.
     """
 
     async def go(engine: AsyncEngine) -> Any:
-        sub = await submit(engine, job_file, obj.settings, endpoint=endpoint, name=name)
-        _echo_submitted(sub)
+        sub = await submit(
+            engine, job_file, obj.settings, endpoint=endpoint, name=name, again=again
+        )
+        if sub.resumed is None:
+            _echo_submitted(sub)
+        else:
+            click.echo(f"resuming {_left_text(sub)} (--again submits the file as a new batch)")
+            _echo_held(sub.resumed)
         if reuse:
             reused = await reuse_for_round(engine, sub.round_id)
             click.echo(f"{reused} runs reused stored results of identical requests")
@@ -183,12 +231,45 @@ def run_cmd(
 
     mode, interval = _progress_mode(quiet, progress_interval)
     stats, (status,) = obj.run(go)
-    click.echo(output.status_text([status]))
+    click.echo(output.status_text([status], obj.settings.prices))
     for endpoint_name, why in stats.disabled_endpoints.items():
         click.echo(f"error: endpoint {endpoint_name}: {why}", err=True)
     last = status.rounds[-1]
+    if last.done < last.total:
+        again_cmd = _resume_command(job_file, endpoint, name)
+        click.echo(
+            f"stopped with {last.total - last.done} runs left: run `{again_cmd}` again to resume",
+            err=True,
+        )
     if last.counts.get("failed", 0) or last.done < last.total:
         sys.exit(1)
+
+
+def _echo_held(last: queue.LastRound) -> None:
+    """Runs another worker holds (maybe one killed before it could release them)."""
+    held = last.counts.get(RunState.RUNNING.value, 0)
+    if not held or last.lease_until is None:
+        return
+    if last.lease_until > utcnow():
+        click.echo(
+            f"{held} runs are held by another worker: waiting for them (if it was killed, "
+            f"they come back here when its lease ends, {last.lease_until:%H:%M:%S} UTC)"
+        )
+    else:
+        click.echo(f"{held} runs were left running by a worker whose lease ended: taking them back")
+
+
+def _resume_command(job_file: Path, endpoint: str | None, name: str | None) -> str:
+    """The command line that resumes this run (secrets masked: ``--db`` as safe_url)."""
+    words = ["runner"]
+    root = click.get_current_context().find_root()
+    if root.get_parameter_source("database_url") == ParameterSource.COMMANDLINE:
+        words += ["--db", safe_url(root.params["database_url"])]
+    words += ["run", str(job_file)]
+    for flag, value in (("--endpoint", endpoint), ("--name", name)):
+        if value is not None:
+            words += [flag, value]
+    return shlex.join(words)
 
 
 @main.command("status")

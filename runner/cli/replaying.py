@@ -157,7 +157,7 @@ def replay_cmd(
 
     statuses = obj.run(go)
     if statuses:
-        click.echo(output.status_text(statuses))
+        click.echo(output.status_text(statuses, obj.settings.prices))
         last = statuses[0].rounds[-1]
         if last.counts.get("failed", 0) or last.done < last.total:
             sys.exit(1)

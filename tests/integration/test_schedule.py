@@ -161,9 +161,9 @@ async def test_a_job_file_schedule_is_created_with_its_batch_or_not_at_all(
         "cat > drift.json",
     )
     assert info.next_tick == utc(2026, 11, 21, 2)  # 03:00 in Paris, in winter
-    # The same file again: the schedule name is taken, so no second batch either.
+    # The same file again as a new batch: the schedule name is taken, so no second batch.
     with pytest.raises(JobFileError, match="schedule: a schedule named 'nightly' already"):
-        await submit(engine, path, settings)
+        await submit(engine, path, settings, again=True)
     assert await scalar(engine, "SELECT count(*) FROM batches") == 1
     assert await scalar(engine, "SELECT count(*) FROM jobs") == 2
     assert await scalar(engine, "SELECT count(*) FROM schedules") == 1

@@ -144,7 +144,7 @@ def test_submit_with_a_schedule_prints_it(db_url: str, tmp_path: Path) -> None:
         "batch 1 (nightly): 2 jobs queued as round 1",
         "schedule nightly created: see `runner schedule list`",
     ]
-    got, _, err = invoke(db_url, "submit", str(nightly_job(tmp_path, 2)))
+    got, _, err = invoke(db_url, "submit", "--again", str(nightly_job(tmp_path, 2)))
     assert got == 2 and err.count("\n") == 1
     assert ": schedule: a schedule named 'nightly' already exists" in err
     assert (count(db_url, "batches"), count(db_url, "schedules")) == (1, 1)

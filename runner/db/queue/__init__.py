@@ -68,9 +68,11 @@ from runner.db.queue.schedules import (
     tries_per_run,
 )
 from runner.db.queue.submit import (
+    LastRound,
     complete_batch,
     create_round,
     enqueue_round,
+    identical_batch,
     insert_batch,
     insert_jobs,
 )
@@ -82,6 +84,7 @@ __all__ = [
     "REUSE_CHUNK",
     "TICK_TRIES",
     "ClaimedRun",
+    "LastRound",
     "Outcome",
     "QueueEngine",
     "SentRequest",
@@ -99,6 +102,7 @@ __all__ = [
     "enqueue_round",
     "finish_drift_hook",
     "heartbeat",
+    "identical_batch",
     "insert_batch",
     "insert_comparison",
     "insert_drift_report",

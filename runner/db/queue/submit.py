@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from itertools import islice
 from typing import Any
@@ -28,6 +29,60 @@ from runner.db.models import (
 from runner.db.types import UTCDateTime
 
 # ---------------------------------------------------------------- submit
+
+
+@dataclass(frozen=True)
+class LastRound:
+    """The latest round of a batch found by ``identical_batch``, as a submit sees it."""
+
+    batch_id: int
+    round_id: int
+    number: int
+    counts: dict[str, int]  # runs per state
+    lease_until: datetime | None  # the latest lease of its running runs
+
+    @property
+    def left(self) -> int:
+        """Runs not finished yet: queued or running."""
+        return self.counts.get(RunState.QUEUED.value, 0) + self.counts.get(
+            RunState.RUNNING.value, 0
+        )
+
+
+async def identical_batch(
+    conn: AsyncConnection, *, name: str, source_sha256: str, endpoint: str
+) -> LastRound | None:
+    """The latest batch submitted from the same file bytes, under the same name, with its
+    jobs going to ``endpoint`` (a file's jobs share one), and its latest round."""
+    job_endpoint = select(Job.endpoint).where(Job.batch_id == Batch.id).limit(1)
+    found = (
+        await conn.execute(
+            select(Round.batch_id, Round.id, Round.number)
+            .join(Batch, Batch.id == Round.batch_id)
+            .where(
+                Batch.source_sha256 == source_sha256,
+                Batch.name == name,
+                job_endpoint.scalar_subquery() == endpoint,
+            )
+            .order_by(Batch.id.desc(), Round.number.desc())
+            .limit(1)
+        )
+    ).one_or_none()
+    if found is None:
+        return None
+    batch_id, round_id, number = found
+    rows = await conn.execute(
+        select(Run.state, func.count(), func.max(Run.lease_expires_at))
+        .where(Run.round_id == round_id)
+        .group_by(Run.state)
+    )
+    counts: dict[str, int] = {}
+    lease_until = None
+    for state, count, lease in rows:
+        counts[str(state)] = int(count)
+        if state == RunState.RUNNING.value:
+            lease_until = lease
+    return LastRound(int(batch_id), int(round_id), int(number), counts, lease_until)
 
 
 async def insert_batch(
