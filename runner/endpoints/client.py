@@ -19,6 +19,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import httpx2
@@ -63,6 +64,26 @@ class Redactor:
 
     def __call__(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text
+
+    def optional(self, text: str | None) -> str | None:
+        return None if text is None else self(text)
+
+    def completion(self, completion: Completion) -> Completion:
+        """A completion with the secret taken out of every field a server wrote, if it
+        echoed it anywhere (it costs one search of the body when it did not)."""
+        if self._secret is None or self._secret not in completion.response + (
+            completion.request_id or ""
+        ):
+            return completion
+        return replace(
+            completion,
+            response=self(completion.response),
+            outputs=tuple(self.optional(o) for o in completion.outputs),
+            finish_reason=self.optional(completion.finish_reason),
+            model=self.optional(completion.model),
+            system_fingerprint=self.optional(completion.system_fingerprint),
+            request_id=self.optional(completion.request_id),
+        )
 
 
 ERROR_BODY_LIMIT = 16_384  # characters of an error body kept; more is cut, and says so
@@ -117,7 +138,8 @@ def _status_error(exc: openai.APIStatusError, redact: Redactor) -> EndpointError
     text = redact(message[:2000])
     headers = exc.response.headers
     kept = _kept_body(exc.response, redact)
-    request_id = headers.get("x-request-id") or None
+    # Everything a server wrote is redacted: some echo the key in a code or a header too.
+    request_id = redact(headers.get("x-request-id") or "") or None
     if status == 429 and "insufficient_quota" in (code, etype):
         return EndpointError(
             ErrorKind.PERMANENT,
@@ -133,7 +155,7 @@ def _status_error(exc: openai.APIStatusError, redact: Redactor) -> EndpointError
     )
     return EndpointError(
         ErrorKind.RETRYABLE if retryable else ErrorKind.PERMANENT,
-        str(code or etype or f"http_{status}"),
+        redact(str(code or etype or f"http_{status}"))[:100],
         text,
         status=status,
         retry_after=parse_retry_after(headers),
@@ -253,7 +275,8 @@ class EndpointClient:
                 timeout=config.timeout,
                 limits=httpx2.Limits(max_connections=4096, max_keepalive_connections=4096),
             )
-        self._redact = Redactor(api_key)
+        # The local model's "key" is no secret (and a common word in its prose).
+        self._redact = Redactor(None if config.type == "local" else api_key)
         self._client = self.sdk_class(
             api_key=api_key or "none",
             base_url=base_url,
@@ -279,7 +302,14 @@ class EndpointClient:
             raise _connection_error(exc, self.config.timeout, self._redact) from None
         except openai.APIStatusError as exc:
             raise _status_error(exc, self._redact) from None
-        return _completion(http)
+        try:
+            completion = _completion(http)
+        except EndpointError as exc:  # a body that is not a completion
+            exc.message = self._redact(exc.message)
+            exc.body = self._redact.optional(exc.body)
+            exc.request_id = self._redact.optional(exc.request_id)
+            raise
+        return self._redact.completion(completion)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -115,3 +115,82 @@ def test_a_bad_key_fails_no_run_even_with_requests_in_flight(db_url: str, tmp_pa
     assert sql(
         db_url, "SELECT DISTINCT http_status, error_message, provider_request_id FROM attempts"
     ) == [(401, "Invalid API key", "req_401")]
+
+
+PLANTED = "sk-planted-0123456789abcdef"
+
+
+def _dump(db_url: str) -> str:
+    """Every row of every table, as text."""
+    from sqlalchemy import MetaData
+
+    engine = db.create_sync_engine(db_url)
+    try:
+        meta = MetaData()
+        meta.reflect(engine)
+        with engine.connect() as conn:
+            return "\n".join(
+                repr(tuple(row))
+                for table in meta.sorted_tables
+                for row in conn.execute(table.select())
+            )
+    finally:
+        engine.dispose()
+
+
+def test_a_key_echoed_anywhere_by_a_server_is_stored_and_printed_nowhere(
+    db_url: str, tmp_path: Path, monkeypatch: object
+) -> None:
+    """Servers echo the key in a code, a type, a header, a body or even a completion."""
+
+    def echo(req: Received, n: int) -> Reply:
+        key = req.headers["authorization"].removeprefix("Bearer ")
+        said = req.json["messages"][0]["content"]
+        header = {"x-request-id": f"req-{key}"}
+        if said == "Say w0":
+            return Reply(400, {"error": {"message": "bad", "code": key, "type": key}}, header)
+        if said == "Say w1":
+            return Reply(403, {"detail": f"key {key} is not allowed"}, header)
+        if said == "Say w2":
+            return Reply(200, f"not json {key}", header)  # not a completion: retried, fails
+        content = {"role": "assistant", "content": f"your key is {key}"}
+        return Reply(
+            200,
+            {"id": key, "object": "chat.completion", "model": "m", "system_fingerprint": key,
+             "choices": [{"index": 0, "message": content, "finish_reason": "stop"}],
+             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}},
+            header,
+        )  # fmt: skip
+
+    with fake_server(echo) as server:
+        job = configure(tmp_path, server.base_url)
+        toml = (tmp_path / "runner.toml").read_text()
+        (tmp_path / "runner.toml").write_text(
+            toml.replace("timeout = 10\n", 'timeout = 10\napi_key_env = "LLAMA_KEY"\n')
+        )
+        result = CliRunner().invoke(
+            main, ["--db", db_url, "run", "--quiet", str(job)], env={"LLAMA_KEY": PLANTED}
+        )
+        assert result.exit_code == 1, result.output
+        assert all(r.headers["authorization"] == f"Bearer {PLANTED}" for r in server.received)
+    printed = [result.stdout, result.stderr]
+    for args in (
+        ["status", "j"],
+        ["status", "j", "--json"],
+        ["show", "j", "x=w0"],
+        ["show", "j", "x=w3"],
+        ["show", "j", "x=w1", "--json"],
+    ):
+        code, out, err = cli(db_url, *args)
+        assert code == 0, err
+        printed += [out, err]
+    for fmt in ("openai-batch", "jsonl", "csv"):
+        out = tmp_path / f"out.{fmt}"
+        code, _, err = cli(db_url, "export", "j", "--format", fmt, "-o", str(out))
+        assert code == 0, err
+        printed.append(out.read_text())
+    for text in printed:
+        assert PLANTED not in text
+    dump = _dump(db_url)
+    assert PLANTED not in dump
+    assert "your key is ***" in dump and "key *** is not allowed" in dump and "req-***" in dump
