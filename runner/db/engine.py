@@ -105,21 +105,30 @@ def create_sync_engine(url: str) -> Engine:
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         _ensure_sqlite_dir(parsed)
-        engine = create_engine(_driver_url(parsed, asynchronous=False), poolclass=NullPool)
+        engine = create_engine(
+            _driver_url(parsed, asynchronous=False), poolclass=NullPool, hide_parameters=True
+        )
         _install_sqlite_hooks(engine)
         return engine
-    return create_engine(_driver_url(parsed, asynchronous=False), poolclass=NullPool)
+    return create_engine(
+        _driver_url(parsed, asynchronous=False), poolclass=NullPool, hide_parameters=True
+    )
 
 
 def create_engine_async(url: str, *, pool_size: int = 5) -> AsyncEngine:
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         _ensure_sqlite_dir(parsed)
-        engine = create_async_engine(_driver_url(parsed, asynchronous=True), pool_size=pool_size)
+        engine = create_async_engine(
+            _driver_url(parsed, asynchronous=True), pool_size=pool_size, hide_parameters=True
+        )
         _install_sqlite_hooks(engine.sync_engine)
         return engine
     return create_async_engine(
-        _driver_url(parsed, asynchronous=True), pool_size=pool_size, pool_pre_ping=True
+        _driver_url(parsed, asynchronous=True),
+        pool_size=pool_size,
+        pool_pre_ping=True,
+        hide_parameters=True,
     )
 
 
@@ -153,6 +162,7 @@ class InlineSQLite:
             _driver_url(parsed, asynchronous=False),
             poolclass=StaticPool,
             connect_args={"check_same_thread": False},
+            hide_parameters=True,
         )
         # No checkpoints on this connection: copying the WAL into the database (and its
         # fsync) took up to 250 ms at a commit, all that time with the loop blocked. The

@@ -197,3 +197,21 @@ async def test_concurrent_claimers_never_share_a_run(db_url: str, tmp_path: Path
     finally:
         for eng in engines:
             await eng.dispose()
+
+
+async def test_a_worker_never_takes_back_its_own_runs_and_a_store_tried_again_is_kept_once(
+    engine: AsyncEngine, hot: queue.QueueEngine, tmp_path: Path
+) -> None:
+    """After a database outage a worker's leases may have run out while it still holds
+    the results; and a store may have committed before its connection was lost."""
+    await submit_jobs(engine, tmp_path, 2)
+    a, b = await queue.claim(hot, "w", 2, lease=LEASE, now=T0)
+    later = T0 + 2 * LEASE
+    assert await queue.claim(hot, "w", 2, lease=LEASE, now=later) == []
+    done = success(a, later)
+    assert await queue.record(hot, "w", [done]) == []
+    # Stored again, as after a lost connection: nothing doubles, the rest is stored.
+    assert await queue.record(hot, "w", [done, success(b, later)], again=True) == []
+    assert await scalar(engine, "SELECT count(*) FROM attempts") == 2
+    states = await rows(engine, "SELECT state, attempts FROM runs ORDER BY id")
+    assert [tuple(r) for r in states] == [("succeeded", 1)] * 2

@@ -80,7 +80,14 @@ class _ClaimStatements:
 def _claim_statements(in_rounds: bool, excluding: bool) -> _ClaimStatements:
     rounds = Run.round_id.in_(bindparam("round_ids", expanding=True)) if in_rounds else true()
     scope = and_(rounds, _not_for(bindparam("exclude", expanding=True)) if excluding else true())
-    expired = and_(Run.state == RunState.RUNNING.value, Run.lease_expires_at < _NOW, scope)
+    # Another worker's expired leases: a live worker never takes back its own runs (after a
+    # database outage their leases may have run out while it still holds their results).
+    expired = and_(
+        Run.state == RunState.RUNNING.value,
+        Run.lease_expires_at < _NOW,
+        Run.lease_owner != bindparam("owner"),
+        scope,
+    )
     limit = bindparam("limit", type_=Integer())
     lease: dict[str, Any] = {
         "lease_owner": bindparam("owner"),

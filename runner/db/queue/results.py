@@ -169,7 +169,18 @@ def _attempt_row(owner: str, o: Outcome, stored: bool) -> dict[str, Any]:
     }
 
 
-async def record(engine: QueueEngine, owner: str, outcomes: Sequence[Outcome]) -> list[Outcome]:
+@functools.cache
+def _recorded_statement() -> Any:
+    """Which of the runs ``ids`` already have an attempt row of ``owner``, by number."""
+    return select(Attempt.run_id, Attempt.number).where(
+        Attempt.run_id.in_(bindparam("ids", expanding=True)),
+        Attempt.worker == bindparam("owner"),
+    )
+
+
+async def record(
+    engine: QueueEngine, owner: str, outcomes: Sequence[Outcome], *, again: bool = False
+) -> list[Outcome]:
     """Store a batch of outcomes in one transaction; returns those that were discarded.
 
     An outcome is stored on its run only while ``owner`` still holds that run at the same
@@ -178,11 +189,21 @@ async def record(engine: QueueEngine, owner: str, outcomes: Sequence[Outcome]) -
     in run id order: PostgreSQL locks rows in the same order as ``heartbeat`` and
     ``release`` do, so they cannot deadlock, and no one can take a run over between the
     check and the store.
+
+    ``again``: this batch is being stored again after an error that may have hidden a
+    commit (a connection lost during it): outcomes whose attempt row this worker already
+    wrote are left out, so nothing is stored twice.
     """
     ordered = sorted(outcomes, key=lambda o: o.run_id)
     ids = [o.run_id for o in ordered]
 
     def write(conn: Connection) -> list[Outcome]:
+        nonlocal ordered
+        if again:  # the last try may have committed before its connection was lost
+            done = set(conn.execute(_recorded_statement(), {"ids": ids, "owner": owner}).all())
+            ordered = [o for o in ordered if (o.run_id, o.attempt) not in done]
+            if not ordered:
+                return []
         held = {
             row.id: row.attempts
             for row in conn.execute(_held_statement(), {"ids": ids, "owner": owner})
