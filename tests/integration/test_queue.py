@@ -215,3 +215,18 @@ async def test_a_worker_never_takes_back_its_own_runs_and_a_store_tried_again_is
     assert await scalar(engine, "SELECT count(*) FROM attempts") == 2
     states = await rows(engine, "SELECT state, attempts FROM runs ORDER BY id")
     assert [tuple(r) for r in states] == [("succeeded", 1)] * 2
+
+
+async def test_two_tries_of_a_run_stored_together_only_the_held_one_succeeds(
+    engine: AsyncEngine, hot: queue.QueueEngine, tmp_path: Path
+) -> None:
+    """A stale try and the try that holds the run, in one batch of outcomes."""
+    await submit_jobs(engine, tmp_path, 1)
+    (first,) = await queue.claim(hot, "a", 1, lease=LEASE, now=T0)
+    later = T0 + 2 * LEASE
+    (second,) = await queue.claim(hot, "b", 1, lease=LEASE, now=later)
+    # "b" also got "a"'s late result to store (as one worker holding both tries would).
+    stale = replace(success(second, later, "stale"), attempt=first.attempt)
+    assert await queue.record(hot, "b", [stale, success(second, later)]) == [stale]
+    attempts = await rows(engine, "SELECT number, outcome FROM attempts ORDER BY number")
+    assert [tuple(r) for r in attempts] == [(1, "discarded"), (2, "succeeded")]

@@ -217,9 +217,13 @@ async def record(
                 raise RuntimeError(
                     f"stored {result.rowcount} of {len(stored)} held runs: fence and lock disagree"
                 )
-        kept = {o.run_id for o in stored}
-        conn.execute(insert(Attempt), [_attempt_row(owner, o, o.run_id in kept) for o in ordered])
-        return [o for o in ordered if o.run_id not in kept]
+        # By run and attempt: one batch can hold two tries of a run (a stale and a new one).
+        kept = {(o.run_id, o.attempt) for o in stored}
+        conn.execute(
+            insert(Attempt),
+            [_attempt_row(owner, o, (o.run_id, o.attempt) in kept) for o in ordered],
+        )
+        return [o for o in ordered if (o.run_id, o.attempt) not in kept]
 
     return await _retry_deadlock(lambda: _transaction(engine, write))
 
