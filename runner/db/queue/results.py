@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.db.models import (
     Attempt,
+    Job,
+    Round,
     Run,
     RunState,
 )
@@ -31,6 +33,7 @@ from runner.db.queue._common import (
     _not_for,
     _retry_deadlock,
     _transaction,
+    sent_endpoint,
 )
 
 # ---------------------------------------------------------------- results
@@ -174,3 +177,23 @@ async def unfinished_count(
             )
         )
         return int(count or 0)
+
+
+async def unfinished_endpoints(
+    engine: AsyncEngine, round_ids: Sequence[int] | None = None
+) -> list[str]:
+    """The endpoints that runs still queued or running (in ``round_ids``, or anywhere)
+    send to: what a starting worker needs keys for."""
+    async with engine.connect() as conn:
+        names = await conn.scalars(
+            select(sent_endpoint())
+            .select_from(Run)
+            .join(Job, Job.id == Run.job_id)
+            .join(Round, Round.id == Run.round_id)
+            .where(
+                Run.state.in_([RunState.QUEUED.value, RunState.RUNNING.value]),
+                _in_rounds(round_ids),
+            )
+            .distinct()
+        )
+        return sorted(names)
