@@ -405,6 +405,7 @@ async def _with_embeddings(
     settings: Settings, items: list[Item], options: EmbeddingOptions
 ) -> tuple[list[Item], str]:
     name = options.endpoint
+    option = "--embeddings-endpoint" if name is not None else None
     if name is None:
         used = sorted({i.a.sent_endpoint for i in items})
         if len(used) != 1:
@@ -413,7 +414,7 @@ async def _with_embeddings(
                 "choose the one to embed with --embeddings-endpoint"
             )
         name = used[0]
-    config = settings.endpoint(name)
+    config = settings.endpoint(name, option=option)
     pairs = [(i.a.text, i.b.text) if i.a.ok and i.b.ok else None for i in items]
     distances = await embedding_distances(config, options.model, pairs)
     return [replace(i, embedding_distance=d) for i, d in zip(items, distances, strict=True)], name

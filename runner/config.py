@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +46,17 @@ class EndpointConfig:
     max_concurrency: int | None = None
     # Models with limits of their own (OpenAI limits each model separately).
     models: Mapping[str, ModelLimits] = field(default_factory=dict)
+
+    def missing_key(self, env: Mapping[str, str] | None = None) -> str | None:
+        """Why requests cannot be sent from here: the variable meant to hold the key is
+        unset or empty (None: nothing missing)."""
+        env = os.environ if env is None else env
+        if self.type == "local" or not self.api_key_env or env.get(self.api_key_env):
+            return None
+        return (
+            f"endpoint {self.name!r}: the environment variable {self.api_key_env} "
+            "is not set (it must hold the API key)"
+        )
 
 
 @dataclass(frozen=True)
@@ -94,15 +105,29 @@ class Settings:
     # USD per 1M tokens by model name; a model without a price has an unknown cost.
     prices: Mapping[str, Price] = field(default_factory=dict)
 
-    def endpoint(self, name: str) -> EndpointConfig:
+    def endpoint(self, name: str, *, option: str | None = None) -> EndpointConfig:
+        """The endpoint called ``name``; ``option`` names the flag that gave it, for the
+        message if there is none."""
         try:
             return self.endpoints[name]
         except KeyError:
-            known = ", ".join(sorted(self.endpoints))
-            raise ConfigError(
-                f"unknown endpoint {name!r} (configured: {known}); "
-                f"add [endpoints.{name}] to {CONFIG_FILE_NAME}"
-            ) from None
+            where = f"{option}: " if option else ""
+            raise ConfigError(where + self.unknown_endpoint(name)) from None
+
+    def unknown_endpoint(self, name: str) -> str:
+        """What to say of an endpoint name that is not configured."""
+        known = ", ".join(sorted(self.endpoints))
+        return (
+            f"unknown endpoint {name!r} (configured: {known}); "
+            f"add [endpoints.{name}] to {CONFIG_FILE_NAME}"
+        )
+
+    def require_keys(self, names: Iterable[str], env: Mapping[str, str] | None = None) -> None:
+        """Refuse to start work for endpoints whose API key is not in the environment."""
+        for name in sorted(set(names)):
+            problem = self.endpoint(name).missing_key(env)
+            if problem:
+                raise ConfigError(problem)
 
 
 def builtin_endpoints(env: Mapping[str, str]) -> dict[str, EndpointConfig]:

@@ -84,6 +84,7 @@ class JobFile:
     _jobs: Iterator[JobSpec]
     _sha: Any = field(default_factory=hashlib.sha256)
     schedule: ScheduleSpec | None = None  # YAML ``schedule:``, created with the batch
+    endpoint_line: int | None = None  # where the file names its endpoint, if it does
 
     def jobs(self) -> Iterator[JobSpec]:
         return self._jobs
@@ -499,6 +500,7 @@ def _load_yaml(path: Path, endpoint: str | None, name: str | None) -> JobFile:
         _jobs=_expand(spec, lines),
         _sha=sha,
         schedule=_schedule(data, lines),
+        endpoint_line=None if endpoint else lines.lines.get(("endpoint",)),
     )
 
 

@@ -94,28 +94,37 @@ def status_json(statuses: Sequence[BatchStatus], prices: Mapping[str, Price] | N
     return json.dumps(data, default=str, indent=2)
 
 
+def _shown(value: Any) -> str:
+    """A stored value as text: a missing one is ``null``, as in JSON and everywhere else."""
+    return "null" if value is None else str(value)
+
+
 def run_text(d: dict[str, Any]) -> str:
+    v = {name: _shown(value) for name, value in d.items()}
     lines = [
-        f"run {d['id']}: batch {d['batch_id']} ({d['batch_name']}) round {d['round_number']} "
+        f"run {v['id']}: batch {v['batch_id']} ({v['batch_name']}) round {v['round_number']} "
         f"job {d['key']!r}",
-        f"state: {d['state']} after {d['attempts']} attempt(s) of {d['max_attempts']}",
-        f"endpoint: {d['endpoint']}  model asked: {d['model']}  returned: {d['response_model']}",
-        f"seed: {d['seed']}  system_fingerprint: {d['system_fingerprint']}",
-        f"request_hash: {d['request_hash']}",
+        f"state: {v['state']} after {v['attempts']} attempt(s) of {v['max_attempts']}",
+        f"endpoint: {v['endpoint']}  model asked: {v['model']}  returned: {v['response_model']}",
+        f"seed: {v['seed']}  system_fingerprint: {v['system_fingerprint']}",
+        f"request_hash: {v['request_hash']}",
     ]
     if d.get("reused_from_run_id"):
         lines.append(f"reused the stored result of run {d['reused_from_run_id']} (--reuse)")
     if d["state"] == "succeeded":
+        latency = "null" if d["latency_ms"] is None else f"{d['latency_ms']:.1f} ms"
         lines.append(
-            f"tokens: {d['prompt_tokens']} prompt + {d['completion_tokens']} completion = "
-            f"{d['total_tokens']}  latency: {d['latency_ms']:.1f} ms  "
-            f"finish_reason: {d['finish_reason']}"
+            f"tokens: {v['prompt_tokens']} prompt + {v['completion_tokens']} completion = "
+            f"{v['total_tokens']}  latency: {latency}  finish_reason: {v['finish_reason']}"
         )
-        outputs = json.loads(d["outputs"] or "[]")
-        for index, text in enumerate(outputs):
-            label = "output" if len(outputs) == 1 else f"output (choice {index})"
-            lines.append(f"--- {label} ---\n{text}")
     elif d["error_type"]:
         status = f" (HTTP {d['error_status']})" if d["error_status"] else ""
         lines.append(f"error: {d['error_type']}{status}: {d['error_message']}")
+    # The body exactly as sent: canonical JSON, the bytes request_hash is over.
+    lines.append(f"--- request body ---\n{d['body']}")
+    if d["state"] == "succeeded":
+        outputs = json.loads(d["outputs"] or "[]")
+        for index, text in enumerate(outputs):
+            label = "output" if len(outputs) == 1 else f"output (choice {index})"
+            lines.append(f"--- {label} ---\n{_shown(text)}")
     return "\n".join(lines)

@@ -103,7 +103,7 @@ async def replay(
 def check_overrides(settings: Settings, endpoint: str | None, model: str | None) -> None:
     """Refuse an unknown endpoint or an empty model before anything is written."""
     if endpoint is not None:
-        settings.endpoint(endpoint)
+        settings.endpoint(endpoint, option="--endpoint")
     if model is not None and not model.strip():
         raise RunnerError("--model must name a model")
 

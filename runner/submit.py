@@ -14,7 +14,7 @@ returns it (``Submitted.resumed``) for the caller to work; if it finished,
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,11 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runner.config import Settings
+from runner.config import EndpointConfig, Settings
 from runner.db import queue
 from runner.db.models import RoundTrigger, RunState
 from runner.db.types import utcnow
-from runner.errors import AlreadySubmittedError, JobFileError, ScheduleError
+from runner.errors import AlreadySubmittedError, ConfigError, JobFileError, ScheduleError
 from runner.jobfile import JobFile, find_duplicate, load_job_file
 from runner.schedule import create_schedule
 
@@ -41,6 +41,8 @@ class Submitted:
     schedule: str | None = None  # the schedule the file's ``schedule:`` created
     # Not queued now: the identical file's batch, whose latest round still has runs left.
     resumed: queue.LastRound | None = None
+    # Why no worker here could send its requests: its endpoint's key is not set.
+    missing_key: str | None = None
 
 
 def _file_sha256(path: Path) -> str:
@@ -121,6 +123,16 @@ async def _insert(
     return Submitted(batch_id, job_file.name, count, round_id, number, schedule)
 
 
+def _endpoint(job_file: JobFile, settings: Settings, override: str | None) -> EndpointConfig:
+    """The endpoint the jobs go to; an unknown one is the flag's fault or the file's."""
+    if override is not None:
+        return settings.endpoint(override, option="--endpoint")
+    if job_file.endpoint not in settings.endpoints:
+        problem = settings.unknown_endpoint(job_file.endpoint)
+        raise JobFileError(str(job_file.path), job_file.endpoint_line, "endpoint", problem)
+    return settings.endpoint(job_file.endpoint)
+
+
 async def submit(
     engine: AsyncEngine,
     path: Path,
@@ -130,16 +142,22 @@ async def submit(
     name: str | None = None,
     now: datetime | None = None,
     again: bool = False,
+    require_key: bool = False,
 ) -> Submitted:
     """Validate and store a job file as a batch with its first round of queued runs.
 
     Unless ``again``, an identical submission already stored is returned or refused
-    instead (see the module's docstring).
+    instead (see the module's docstring). ``require_key``: refuse (before writing
+    anything) if the endpoint's API key is not in this environment, for a caller that
+    sends the requests itself (`runner run`).
     """
     job_file = load_job_file(path, endpoint=endpoint, name=name)
-    settings.endpoint(job_file.endpoint)  # unknown endpoint: fail before writing anything
+    # Unknown endpoint, or a key we need now and lack: fail before writing anything.
+    missing_key = _endpoint(job_file, settings, endpoint).missing_key()
+    if missing_key and require_key:
+        raise ConfigError(missing_key)
     if not again and (found := await _already_submitted(engine, job_file, path)):
-        return found
+        return replace(found, missing_key=missing_key)
     try:
         submitted = await _insert(engine, job_file, settings, now or utcnow())
     except IntegrityError:
@@ -157,4 +175,4 @@ async def submit(
         ) from None
     if submitted.job_count >= queue.ANALYZE_AFTER:
         await queue.analyze(engine)
-    return submitted
+    return replace(submitted, missing_key=missing_key)

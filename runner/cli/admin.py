@@ -113,7 +113,7 @@ def db_group() -> None:
 
 
 @db_group.command("upgrade")
-@click.option("--revision", default="head", help="Target schema revision.")
+@click.option("--revision", default="head", show_envvar=True, help="Target schema revision.")
 @pass_context
 def db_upgrade(obj: Context, revision: str) -> None:
     """Create or upgrade the schema (needed once for PostgreSQL and after updates)."""
@@ -129,6 +129,7 @@ def db_upgrade(obj: Context, revision: str) -> None:
 @pass_context
 def db_current(obj: Context) -> None:
     """Print the schema revision of the database and the one this version needs."""
+    db.require_database(obj.settings.database_url)
     engine = db.create_sync_engine(obj.settings.database_url)
     try:
         with engine.connect() as conn:

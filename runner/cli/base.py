@@ -27,29 +27,79 @@ T = TypeVar("T")
 
 
 class RunnerGroup(click.Group):
-    """Turns our errors into one clear line on stderr and a non-zero exit."""
+    """Turns our errors into one clear line on stderr and a non-zero exit.
+
+    An error raised inside a task group (a worker's) arrives wrapped in one or more
+    exception groups: if every error in them is one a user can fix (``RunnerError``, a
+    database that cannot be reached), each distinct message is printed once; anything
+    else is a bug and keeps its traceback.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except RunnerError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            ctx.exit(exc.exit_code)
-        except OperationalError as exc:
-            url = ctx.obj.settings.database_url if ctx.obj else "?"
-            click.echo(
-                f"error: database {db.safe_url(url)}: {str(exc.orig or exc).strip()}", err=True
-            )
-            ctx.exit(1)
+        except (RunnerError, OperationalError, BaseExceptionGroup) as exc:
+            # Only strings and a number outlive this block: a reference to ``exc`` would
+            # keep its frames (and an open cursor) alive until the garbage collector runs.
+            report = _report(exc, ctx.obj.settings.database_url if ctx.obj else None)
+            if report is None:
+                raise
+            lines, code = report
+            for line in lines:
+                click.echo(line, err=True)
+            ctx.exit(code)
+
+
+def _report(exc: BaseException, database_url: str | None) -> tuple[list[str], int] | None:
+    """The distinct lines to print and the exit code, if a user can fix every error."""
+    errors = user_errors(exc)
+    if errors is None:
+        return None
+    lines = list(dict.fromkeys(error_line(e, database_url) for e in errors))
+    return lines, max(getattr(e, "exit_code", 1) for e in errors)
+
+
+def user_errors(exc: BaseException) -> list[RunnerError | OperationalError] | None:
+    """The errors inside ``exc`` (however deeply grouped) if a user can fix every one,
+    else None."""
+    if isinstance(exc, RunnerError | OperationalError):
+        return [exc]
+    if not isinstance(exc, BaseExceptionGroup):
+        return None
+    found: list[RunnerError | OperationalError] = []
+    for inner in exc.exceptions:
+        errors = user_errors(inner)
+        if errors is None:
+            return None
+        found += errors
+    return found
+
+
+def error_line(exc: RunnerError | OperationalError, database_url: str | None) -> str:
+    """``error: ...`` on one line."""
+    if isinstance(exc, RunnerError):
+        return f"error: {db.one_line(exc.message)}"
+    where = db.safe_url(database_url) if database_url else "?"
+    return f"error: database {where}: {db.reason(exc, database_url)}"
 
 
 class Context:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def run(self, fn: Callable[[AsyncEngine], Awaitable[T]], *, pool_size: int = 5) -> T:
-        """Check the schema, then run ``fn`` with an engine inside an asyncio event loop."""
-        db.ensure_schema(self.settings.database_url)
+    def run(
+        self,
+        fn: Callable[[AsyncEngine], Awaitable[T]],
+        *,
+        pool_size: int = 5,
+        create: bool = False,
+    ) -> T:
+        """Check the schema, then run ``fn`` with an engine inside an asyncio event loop.
+
+        ``create``: the command queues work, so a SQLite file that does not exist yet is
+        created; a command that reads (the default) refuses it instead.
+        """
+        db.ensure_schema(self.settings.database_url, create=create)
 
         async def main() -> T:
             engine = db.create_engine_async(self.settings.database_url, pool_size=pool_size)

@@ -15,7 +15,7 @@ from click.core import ParameterSource
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner import output
-from runner.cli.base import Context, _clock, _concurrency, main, pass_context
+from runner.cli.base import Context, _clock, _concurrency, _format, main, pass_context
 from runner.db import queue
 from runner.db.engine import safe_url
 from runner.db.models import RunState
@@ -69,13 +69,15 @@ def _echo_submitted(sub: Submitted) -> None:
             f"{_left_text(sub)} is already queued, nothing new queued: "
             "`runner work` runs it (--again submits the file as a new batch)"
         )
-        return
-    click.echo(
-        f"batch {sub.batch_id} ({sub.name}): {sub.job_count} jobs queued "
-        f"as round {sub.round_number}"
-    )
+    else:
+        click.echo(
+            f"batch {sub.batch_id} ({sub.name}): {sub.job_count} jobs queued "
+            f"as round {sub.round_number}"
+        )
     if sub.schedule is not None:
         click.echo(f"schedule {sub.schedule} created: see `runner schedule list`")
+    if sub.missing_key is not None:
+        click.echo(f"warning: {sub.missing_key}; a worker needs it to send these runs", err=True)
 
 
 @main.command("submit")
@@ -88,9 +90,12 @@ def submit_cmd(
 
     The same file submitted again is not queued twice: if its batch still has runs
     queued or running it says so and exits 0; if it finished it exits 3 (see --again).
+    Warns if the endpoint's API key variable is not set here (workers elsewhere may
+    have it).
     """
     sub = obj.run(
-        lambda e: submit(e, job_file, obj.settings, endpoint=endpoint, name=name, again=again)
+        lambda e: submit(e, job_file, obj.settings, endpoint=endpoint, name=name, again=again),
+        create=True,
     )
     _echo_submitted(sub)
 
@@ -151,11 +156,14 @@ def work_cmd(
 
     On a terminal it shows live progress; elsewhere it prints a progress line every
     few seconds. With --burst it exits 1 if any run it worked ended failed (for scripts
-    and cron); a worker without --burst exits 0 when stopped.
+    and cron); a worker without --burst exits 0 when stopped. It refuses to start if
+    queued runs need an endpoint whose API key is not set here, and leaves them queued.
     """
     mode, interval = _progress_mode(quiet, progress_interval)
 
     async def go(engine: AsyncEngine) -> Any:
+        # A key missing for queued work: say so now, before any run is claimed.
+        obj.settings.require_keys(await queue.unfinished_endpoints(engine))
         worker = Worker(
             engine,
             obj.settings,
@@ -168,7 +176,7 @@ def work_cmd(
         return worker.stats
 
     concurrency_used = concurrency or obj.settings.worker.concurrency
-    stats = obj.run(go, pool_size=max(5, min(concurrency_used // 8, 20)))
+    stats = obj.run(go, pool_size=max(5, min(concurrency_used // 8, 20)), create=True)
     click.echo(output.worker_summary(stats))
     if burst and stats.failed:
         click.echo(f"{stats.failed} runs failed: see `runner status`", err=True)
@@ -202,12 +210,19 @@ def run_cmd(
 
     Run it again after Ctrl-C or a crash: the same file (bytes, --name and --endpoint)
     resumes its batch instead of sending everything again; once that batch finished it
-    exits 3 (see --again). Exits 1 if any run failed or is left unfinished.
+    exits 3 (see --again). Exits 1 if any run failed or is left unfinished. Nothing is
+    queued if the endpoint's API key is not set.
     """
 
     async def go(engine: AsyncEngine) -> Any:
         sub = await submit(
-            engine, job_file, obj.settings, endpoint=endpoint, name=name, again=again
+            engine,
+            job_file,
+            obj.settings,
+            endpoint=endpoint,
+            name=name,
+            again=again,
+            require_key=True,
         )
         if sub.resumed is None:
             _echo_submitted(sub)
@@ -230,7 +245,7 @@ def run_cmd(
             return worker.stats, await batch_status(conn, str(sub.batch_id))
 
     mode, interval = _progress_mode(quiet, progress_interval)
-    stats, (status,) = obj.run(go)
+    stats, (status,) = obj.run(go, create=True)
     click.echo(output.status_text([status], obj.settings.prices))
     for endpoint_name, why in stats.disabled_endpoints.items():
         click.echo(f"error: endpoint {endpoint_name}: {why}", err=True)
@@ -272,10 +287,28 @@ def _resume_command(job_file: Path, endpoint: str | None, name: str | None) -> s
     return shlex.join(words)
 
 
+# ``--json``, before status and show took ``--format json`` like every other command:
+# hidden, still accepted, so scripts written for it keep working.
+_json_alias = click.option(
+    "--json", "as_json", is_flag=True, hidden=True, help="Deprecated: --format json."
+)
+
+
 @main.command("status")
 @click.argument("batch", required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-@click.option("--watch", is_flag=True, help="Show it again every --interval seconds until Ctrl-C.")
+@_format(
+    "RUNNER_STATUS_FORMAT",
+    ("text", "json"),
+    default="text",
+    help="text for people, json for scripts.",
+)
+@_json_alias
+@click.option(
+    "--watch",
+    is_flag=True,
+    show_envvar=True,
+    help="Show it again every --interval seconds until Ctrl-C.",
+)
 @click.option(
     "--interval",
     default=2.0,
@@ -285,7 +318,7 @@ def _resume_command(job_file: Path, endpoint: str | None, name: str | None) -> s
 )
 @pass_context
 def status_cmd(
-    obj: Context, batch: str | None, as_json: bool, watch: bool, interval: float
+    obj: Context, batch: str | None, fmt: str, as_json: bool, watch: bool, interval: float
 ) -> None:
     """Counts per state, tokens, cost and errors of BATCH (id or name), or of recent batches.
 
@@ -293,6 +326,7 @@ def status_cmd(
     a model without one makes the cost unknown, never 0.
     """
     prices = obj.settings.prices
+    as_json = as_json or fmt == "json"
 
     def text(statuses: Any) -> str:
         return (
@@ -336,7 +370,14 @@ def batches_cmd(obj: Context, limit: int) -> None:
 
 @main.command("cancel")
 @click.argument("batch")
-@click.option("--round", "round_number", type=int, help="Only this round [default: every round]")
+@click.option(
+    "--round",
+    "round_number",
+    envvar="RUNNER_CANCEL_ROUND",
+    type=int,
+    show_envvar=True,
+    help="Only this round [default: every round]",
+)
 @pass_context
 def cancel_cmd(obj: Context, batch: str, round_number: int | None) -> None:
     """Cancel BATCH's unfinished runs: queued ones at once, running ones at their
@@ -356,9 +397,16 @@ def cancel_cmd(obj: Context, batch: str, round_number: int | None) -> None:
 
 @main.command("retry")
 @click.argument("batch")
-@click.option("--failed", is_flag=True, help="Queue the failed runs again.")
-@click.option("--cancelled", is_flag=True, help="Queue the cancelled runs again.")
-@click.option("--round", "round_number", type=int, help="Only this round [default: the last]")
+@click.option("--failed", is_flag=True, show_envvar=True, help="Queue the failed runs again.")
+@click.option("--cancelled", is_flag=True, show_envvar=True, help="Queue the cancelled runs again.")
+@click.option(
+    "--round",
+    "round_number",
+    envvar="RUNNER_RETRY_ROUND",
+    type=int,
+    show_envvar=True,
+    help="Only this round [default: the last]",
+)
 @click.option(
     "--attempts",
     default=None,
@@ -399,13 +447,35 @@ def retry_cmd(
 @main.command("show")
 @click.argument("run_or_batch")
 @click.argument("key", required=False)
-@click.option("--round", "round_number", type=int, help="Round number [default: the latest]")
-@click.option("--json", "as_json", is_flag=True, help="Print every stored field as JSON.")
+@click.option(
+    "--round",
+    "round_number",
+    envvar="RUNNER_SHOW_ROUND",
+    type=int,
+    show_envvar=True,
+    help="Round number [default: the latest]",
+)
+@_format(
+    "RUNNER_SHOW_FORMAT",
+    ("text", "json"),
+    default="text",
+    help="text for people; json: every stored field.",
+)
+@_json_alias
 @pass_context
 def show_cmd(
-    obj: Context, run_or_batch: str, key: str | None, round_number: int | None, as_json: bool
+    obj: Context,
+    run_or_batch: str,
+    key: str | None,
+    round_number: int | None,
+    fmt: str,
+    as_json: bool,
 ) -> None:
-    """Show one run: `runner show RUN_ID` or `runner show BATCH KEY [--round N]`."""
+    """Show one run: `runner show RUN_ID` or `runner show BATCH KEY [--round N]`.
+
+    The text says what was sent (endpoint, model, seed and the request body, the exact
+    JSON), what came back, and null for what is not known.
+    """
     if key is None and not run_or_batch.isdigit():
         raise click.UsageError("give a run id, or a batch and a job key")
 
@@ -416,4 +486,5 @@ def show_cmd(
             return await run_details(conn, batch=run_or_batch, key=key, round_number=round_number)
 
     details = obj.run(go)
+    as_json = as_json or fmt == "json"
     click.echo(json.dumps(details, default=str, indent=2) if as_json else output.run_text(details))

@@ -19,7 +19,7 @@ from runner.replay import Selection, replay
 from runner.report import (
     batch_status,
 )
-from runner.verify import VerifyReport, verify
+from runner.verify import VerifyReport, is_job_file, verify
 from runner.worker import Worker
 
 
@@ -343,7 +343,7 @@ def verify_cmd(
             handle_signals=True,
         )
 
-    report = obj.run(go)
+    report = obj.run(go, create=is_job_file(target))  # a job file is submitted first
     if fmt == "json":
         click.echo(render.verify_json(report))
     else:

@@ -201,7 +201,7 @@ def schedule_run_due(
         then = await run_pass(engine, obj.settings, clock, owner, ticks=False)
         return PassResult(first.rounds, first.reports + then.reports, first.hooks + then.hooks)
 
-    click.echo(pass_text(obj.run(go)))
+    click.echo(pass_text(obj.run(go, create=True)))
 
 
 @main.command("drift")

@@ -69,6 +69,20 @@ def safe_url(url: str | URL) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+def one_line(text: str) -> str:
+    """A message of several lines (a driver's, usually) as one line."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def reason(exc: BaseException, url: str | URL | None = None) -> str:
+    """Why a database call failed, on one line: the driver's message (without
+    SQLAlchemy's wrapping and links), with the URL's password masked."""
+    orig = getattr(exc, "orig", None)
+    text = one_line(str(orig if orig is not None else exc))
+    password = (make_url(url) if isinstance(url, str) else url).password if url else None
+    return text.replace(str(password), "***") if password else text
+
+
 def _driver_url(url: URL, *, asynchronous: bool) -> URL:
     if url.get_backend_name() == "sqlite":
         return url.set(drivername="sqlite+aiosqlite" if asynchronous else "sqlite+pysqlite")
@@ -236,7 +250,7 @@ def upgrade(url: str, revision: str = "head") -> tuple[str | None, str]:
             command.upgrade(config, revision)
             after = current_revision(connection)
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"migration failed on {safe_url(url)}: {exc}") from exc
+        raise DatabaseError(f"migration failed on {safe_url(url)}: {reason(exc, url)}") from exc
     finally:
         engine.dispose()
     return before, after or ""
@@ -249,19 +263,38 @@ def _connect_sync(url: str) -> Iterator[Connection]:
         with engine.begin() as connection:
             yield connection
     except SQLAlchemyError as exc:
-        raise DatabaseError(f"cannot open the database {safe_url(url)}: {exc}") from exc
+        raise DatabaseError(
+            f"cannot open the database {safe_url(url)}: {reason(exc, url)}"
+        ) from exc
     finally:
         engine.dispose()
 
 
-def ensure_schema(url: str) -> None:
+def require_database(url: str) -> None:
+    """Refuse a SQLite file that does not exist, for a command that only reads: opening
+    it would create an empty database where a mistyped path was meant."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return
+    path = Path(parsed.database or "").expanduser()
+    if not path.is_file():
+        raise DatabaseError(
+            f"no database at {path}: check --db or RUNNER_DATABASE_URL (this command "
+            "never creates one; `runner submit` does)"
+        )
+
+
+def ensure_schema(url: str, *, create: bool = True) -> None:
     """Make sure the database is at the current schema before any command uses it.
 
     A new SQLite file is created and migrated on first use, so the default needs no
     setup step; its check and migration run under the write lock, so workers
-    starting together don't race. PostgreSQL and existing databases that are behind
-    must be upgraded explicitly with ``runner db upgrade``.
+    starting together don't race. With ``create`` false (commands that only read) a
+    missing SQLite file is an error instead. PostgreSQL and existing databases that
+    are behind must be upgraded explicitly with ``runner db upgrade``.
     """
+    if not create:
+        require_database(url)
     head = head_revision()
     parsed = parse_url(url)
     with _connect_sync(url) as connection:

@@ -32,7 +32,13 @@ from typing import Any, Protocol
 import psycopg
 from sqlalchemy.engine import URL
 
-from runner.db.engine import SQLITE_BUSY_TIMEOUT_MS, parse_url, safe_url
+from runner.db.engine import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    parse_url,
+    reason,
+    require_database,
+    safe_url,
+)
 from runner.errors import DatabaseError, QueryError
 
 STREAM_CHUNK = 1000
@@ -216,13 +222,8 @@ class _Postgres:
 
 
 def _sqlite_path(url: URL) -> Path:
-    path = Path(url.database or "").expanduser()
-    if not path.is_file():
-        raise DatabaseError(
-            f"no SQLite database at {path}: reading never creates one; check --db or "
-            "RUNNER_DATABASE_URL (a database appears with the first `runner submit`)"
-        )
-    return path.resolve()
+    require_database(url.render_as_string(hide_password=False))
+    return Path(url.database or "").expanduser().resolve()
 
 
 @contextmanager
@@ -270,10 +271,9 @@ def _open_postgres(url: URL) -> Iterator[ReadOnly]:
             conninfo.render_as_string(hide_password=False), options=options, autocommit=False
         )
     except psycopg.Error as exc:
-        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        if url.password:
-            reason = reason.replace(str(url.password), "***")
-        raise DatabaseError(f"cannot open the database {safe_url(url)}: {reason}") from None
+        raise DatabaseError(
+            f"cannot open the database {safe_url(url)}: {reason(exc, url)}"
+        ) from None
     try:
         conn.read_only = True  # every transaction starts with BEGIN READ ONLY
         # One snapshot for every statement: an export's checks and its rows agree.

@@ -261,13 +261,10 @@ class EndpointClient:
                 transport=LocalTransport(LocalModelService(variant=config.variant))
             )
         else:
-            key_env = config.api_key_env or ""
-            api_key = env.get(key_env, "") if key_env else ""
-            if key_env and not api_key:
-                raise ConfigError(
-                    f"endpoint {config.name!r}: the environment variable {key_env} "
-                    "is not set (it must hold the API key)"
-                )
+            problem = config.missing_key(env)
+            if problem:
+                raise ConfigError(problem)
+            api_key = env.get(config.api_key_env or "", "")
             base_url = config.base_url or ""
             # The worker's semaphore and the endpoint's max_concurrency bound requests in
             # flight; the pool only must not be the tighter bound (aiohttp's default is 100).

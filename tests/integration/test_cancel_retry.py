@@ -154,10 +154,10 @@ def test_batches_and_cost_known_and_unknown(db_url: str, tmp_path: Path) -> None
     assert "cost: unknown (no price for test-model" in out
     code, out, _ = cli(db_url, "sql", "SELECT cost_usd FROM round_costs", "--format", "json")
     assert json.loads(out) == [{"cost_usd": None}]  # unknown, not 0
-    code, out, _ = cli(db_url, "status", "t", "--json")
+    code, out, _ = cli(db_url, "status", "t", "--format", "json")
     assert json.loads(out)[0]["rounds"][0]["cost_usd"] is None
     (tmp_path / "runner.toml").write_text('[prices."test-model"]\ninput = 1.0\noutput = 2.0\n')
-    code, out, _ = cli(db_url, "status", "t", "--json")
+    code, out, _ = cli(db_url, "status", "t", "--format", "json")
     rnd = json.loads(out)[0]["rounds"][0]
     expected = (rnd["prompt_tokens"] * 1.0 + rnd["completion_tokens"] * 2.0) / 1_000_000
     assert rnd["cost_usd"] == pytest.approx(expected) and rnd["cost_usd"] > 0

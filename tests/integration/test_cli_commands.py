@@ -25,11 +25,11 @@ def test_submit_work_status_show(db_url: str, tmp_path: Path) -> None:
     assert code == 0 and "0/3 done: 3 queued" in out
     code, out, _ = invoke(db_url, "work", "--burst", "--concurrency", "2")
     assert code == 0 and "3 succeeded, 0 failed" in out
-    code, out, _ = invoke(db_url, "status", "--json")
+    code, out, _ = invoke(db_url, "status", "--format", "json")
     (batch,) = json.loads(out)
     assert batch["rounds"][0]["counts"] == {"succeeded": 3}
     assert batch["rounds"][0]["completion_tokens"] > 0
-    code, out, _ = invoke(db_url, "show", "t", "topic=topic1", "--json")
+    code, out, _ = invoke(db_url, "show", "t", "topic=topic1", "--format", "json")
     details = json.loads(out)
     assert details["state"] == "succeeded" and details["seed"] == 42
     assert details["key"] == "topic=topic1" and details["round_number"] == 1

@@ -101,7 +101,7 @@ def test_cli_compare_says_so_and_fail_under_gates_on_it(
     assert {r["fingerprint"] for r in table} == {"same"}
     code, out, _ = invoke(db_url, "status", "t")
     assert "round 3 (replay, endpoint v2): 4/4 done: 4 succeeded" in out
-    code, out, _ = invoke(db_url, "status", "t", "--json")
+    code, out, _ = invoke(db_url, "status", "t", "--format", "json")
     assert [r["endpoint"] for r in json.loads(out)[0]["rounds"]] == [None, None, "v2"]
 
 

@@ -254,12 +254,12 @@ def test_cli_replay_work_and_run_reuse(db_url: str, tmp_path: Path) -> None:
     # `runner show` says what a run sent: the round's overrides applied.
     code, _, err = invoke(db_url, "replay", "t", "--model", "other-model", "--work")
     assert code == 0, err
-    code, out, _ = invoke(db_url, "show", "t", "topic=topic2", "--json")
+    code, out, _ = invoke(db_url, "show", "t", "topic=topic2", "--format", "json")
     shown = json.loads(out)
     assert (shown["round_number"], shown["model"], shown["endpoint"]) == (3, "other-model", "local")
     assert json.loads(shown["body"])["model"] == "other-model"
     assert shown["request_hash"] == request_hash(shown["body"])
-    code, out, _ = invoke(db_url, "show", "t", "topic=topic2", "--round", "1", "--json")
+    code, out, _ = invoke(db_url, "show", "t", "topic=topic2", "--round", "1", "--format", "json")
     assert json.loads(out)["model"] == "test-model"
 
 
@@ -270,11 +270,15 @@ def test_cli_replay_errors_are_one_line(db_url: str, tmp_path: Path) -> None:
         (["replay", "nope"], "error: no batch 'nope'", 1),
         (["replay", "t", "--job", "x"], "error: no job 'x' in batch 't'", 1),
         (["replay", "t", "--run", "99"], "error: no run 99 in batch 't'", 1),
-        (["replay", "t", "--endpoint", "nowhere"], "error: unknown endpoint 'nowhere'", 2),
+        (
+            ["replay", "t", "--endpoint", "nowhere"],
+            "error: --endpoint: unknown endpoint 'nowhere'",
+            2,
+        ),
         (["replay", "t", "--only-failed"], "error: nothing to replay in batch 't'", 1),
     ):
         code, out, err = invoke(db_url, *args)
         assert code == exit_code and err.startswith(message) and len(err.splitlines()) == 1
         assert out == ""
-    _, out, _ = invoke(db_url, "status", "t", "--json")
+    _, out, _ = invoke(db_url, "status", "t", "--format", "json")
     assert len(json.loads(out)[0]["rounds"]) == 1

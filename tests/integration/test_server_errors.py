@@ -176,10 +176,10 @@ def test_a_key_echoed_anywhere_by_a_server_is_stored_and_printed_nowhere(
     printed = [result.stdout, result.stderr]
     for args in (
         ["status", "j"],
-        ["status", "j", "--json"],
+        ["status", "j", "--format", "json"],
         ["show", "j", "x=w0"],
         ["show", "j", "x=w3"],
-        ["show", "j", "x=w1", "--json"],
+        ["show", "j", "x=w1", "--format", "json"],
     ):
         code, out, err = cli(db_url, *args)
         assert code == 0, err

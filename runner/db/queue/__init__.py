@@ -53,6 +53,7 @@ from runner.db.queue.results import (
     Outcome,
     record,
     unfinished_count,
+    unfinished_endpoints,
 )
 from runner.db.queue.schedules import (
     TICK_TRIES,
@@ -121,6 +122,7 @@ __all__ = [
     "store_prices",
     "tries_per_run",
     "unfinished_count",
+    "unfinished_endpoints",
     "unregister_worker",
     "with_model",
     "worker_heartbeat",

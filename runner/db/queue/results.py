@@ -23,6 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from runner.db.models import (
     Attempt,
     AttemptOutcome,
+    Job,
+    Round,
     Run,
     RunState,
 )
@@ -33,6 +35,7 @@ from runner.db.queue._common import (
     _not_for,
     _retry_deadlock,
     _transaction,
+    sent_endpoint,
 )
 
 # ---------------------------------------------------------------- results
@@ -245,3 +248,23 @@ async def unfinished_count(
             )
         )
         return int(count or 0)
+
+
+async def unfinished_endpoints(
+    engine: AsyncEngine, round_ids: Sequence[int] | None = None
+) -> list[str]:
+    """The endpoints that runs still queued or running (in ``round_ids``, or anywhere)
+    send to: what a starting worker needs keys for."""
+    async with engine.connect() as conn:
+        names = await conn.scalars(
+            select(sent_endpoint())
+            .select_from(Run)
+            .join(Job, Job.id == Run.job_id)
+            .join(Round, Round.id == Run.round_id)
+            .where(
+                Run.state.in_([RunState.QUEUED.value, RunState.RUNNING.value]),
+                _in_rounds(round_ids),
+            )
+            .distinct()
+        )
+        return sorted(names)
