@@ -48,7 +48,7 @@ from runner.endpoints import EndpointError
 from runner.endpoints.client import EndpointPool
 from runner.logs import run_context
 from runner.ratelimit import Limits, estimate_tokens
-from runner.schedule import scheduler_loop
+from runner.schedule import run_pass, scheduler_loop
 
 log = logging.getLogger("runner.worker")
 
@@ -207,7 +207,8 @@ class Worker:
                     if inline is not None:
                         loops.start_soon(self._checkpoint_loop)
                     if self.scheduler:
-                        loops.start_soon(
+                        # Started once the due ticks' rounds are queued (burst: to run them).
+                        await loops.start(
                             scheduler_loop,
                             self.engine,
                             self.settings,
@@ -224,6 +225,10 @@ class Worker:
                     self._loops_stop.set()
                     loops.cancel_scope.deadline = anyio.current_time() + self.config.grace_seconds
                 signals.cancel_scope.cancel()
+            if self.scheduler and self.burst and not self._stopping:
+                # The side task may have ended before the last rounds finished: their drift
+                # reports (and on-drift commands) before a burst worker exits.
+                await run_pass(self.engine, self.settings, self.clock, self.id, ticks=False)
         finally:
             with anyio.CancelScope(shield=True):
                 await pool.aclose()

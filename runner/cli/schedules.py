@@ -159,7 +159,8 @@ def schedule_remove(obj: Context, name: str) -> None:
     metavar="TIME",
     show_envvar=True,
     help="Look for ticks due at TIME (ISO 8601, UTC unless it has an offset) instead of "
-    "now: a testing aid to rehearse a tick. [default: the real time]",
+    "now: a testing aid to rehearse a tick. Their rounds can be claimed at once: "
+    "`runner work --burst` runs them. [default: the real time]",
 )
 @click.option(
     "--work",
