@@ -49,6 +49,7 @@ from runner.endpoints.client import EndpointPool
 from runner.logs import run_context
 from runner.ratelimit import Limits, estimate_tokens
 from runner.schedule import run_pass, scheduler_loop
+from runner.waiting import stranded_text, wait_limit, waiting_text
 
 log = logging.getLogger("runner.worker")
 
@@ -87,6 +88,8 @@ class WorkerStats:
     completion_tokens: int = 0
     # endpoint -> why this worker stopped claiming its runs
     disabled_endpoints: dict[str, str] = field(default_factory=dict)
+    # burst: why it exited with runs left (queued for later than it waits, runner.waiting)
+    stranded: str | None = None
 
 
 class Worker:
@@ -120,6 +123,7 @@ class Worker:
         self._in_flight: dict[int, _Ready] = {}
         self._executing = 0
         self.rounds_seen: set[int] = set()  # rounds this worker has claimed runs of
+        self.waiting: str | None = None  # burst: what it waits for while it can claim nothing
         self._last_take_back = -1e9
         self._stopping = False
         self._wakeup = anyio.Event()
@@ -298,6 +302,8 @@ class Worker:
             )
             if take_back:
                 self._last_take_back = time.monotonic()
+            if claimed:
+                self.waiting = None
             for run in claimed:
                 entry = (run, anyio.CancelScope())
                 self._in_flight[run.run_id] = entry
@@ -308,7 +314,7 @@ class Worker:
                 # Short: look for expired leases on the next claim, not a second from now.
                 self._last_take_back = -1e9
                 if self.burst and await self._drained():
-                    log.info("worker %s: nothing left to run", self.id)
+                    log.info("worker %s: %s", self.id, self.stats.stranded or "nothing left to run")
                     return
                 await self._sleep(self.config.poll_seconds)
 
@@ -321,10 +327,16 @@ class Worker:
             self._stored = anyio.Event()
             with anyio.move_on_after(self.config.poll_seconds):
                 await self._stored.wait()
-        left = await queue.unfinished_count(
-            self.engine, self.round_ids, list(self.stats.disabled_endpoints)
+        now = self.clock()
+        left = await queue.unfinished(
+            self.engine, self.round_ids, list(self.stats.disabled_endpoints), now
         )
-        return left == 0
+        waiting = waiting_text(left)
+        if waiting and waiting != self.waiting:
+            log.info("worker %s: %s", self.id, waiting)
+        self.waiting = waiting
+        self.stats.stranded = stranded_text(left, now, wait_limit(self.config))
+        return left.count == 0 or self.stats.stranded is not None
 
     async def _sleep(self, seconds: float) -> None:
         wakeup = self._wakeup

@@ -1,8 +1,9 @@
 """Rehearsed ticks and burst workers, through the real CLI in subprocesses, on both backends.
 
 ``runner schedule run-due --now T`` makes rounds a plain ``runner work --burst`` runs at
-once; and a burst worker stores the drift report of every round it finished before it
-exits.
+once; a burst worker stores the drift report of every round it finished before it exits;
+and a burst worker that can claim nothing says what it waits for, and exits with one
+line, rather than hang, when that is far away.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from runner.cron import parse_cron
 from runner.db.types import utcnow
 from tests.acceptance.test_schedule_race import sql
+from tests.fakeserver import Received, Reply, completion, fake_server
 from tests.schedulekit import nightly_job
 
 RUNNER = [sys.executable, "-m", "runner"]
@@ -95,3 +97,45 @@ def test_a_burst_worker_runs_its_tick_and_stores_its_drift_report_before_it_exit
         assert sql(db_url, f"SELECT status FROM drift_reports WHERE round_id = {number}") == [
             ("stable",)
         ], night
+
+
+def test_a_burst_worker_says_what_it_waits_for_and_exits_if_it_is_far_away(
+    tmp_path: Path, db_url: str
+) -> None:
+    def script(request: Received, count: int) -> Reply:
+        content = request.json["messages"][-1]["content"]
+        if count == 1 and "soon" in content:  # a retry in 3 s: the worker waits for it
+            return Reply(429, {"error": {"message": "slow down"}}, {"retry-after": "3"})
+        if "later" in content:  # a retry in an hour: too far for a burst worker
+            return Reply(429, {"error": {"message": "quota"}}, {"retry-after": "3600"})
+        return Reply(body=completion(request.json))
+
+    with fake_server(script) as server:
+        configure(
+            tmp_path, "[endpoints.fake]", 'type = "openai"', f'base_url = "{server.base_url}"'
+        )
+        for name in ("soon", "later"):
+            (tmp_path / f"{name}.yaml").write_text(
+                f"name: {name}\nendpoint: fake\nmodel: m\n"
+                f"messages: [{{role: user, content: '{name}'}}]\n",
+                encoding="utf-8",
+            )
+            submitted = runner(tmp_path, db_url, "submit", f"{name}.yaml")
+            assert submitted.returncode == 0, submitted.stderr
+            work = runner(tmp_path, db_url, "work", "--burst", "--progress-interval", "0.2")
+            if name == "soon":
+                assert work.returncode == 0, work.stderr
+                assert "1 succeeded, 0 failed, 1 retries" in work.stdout
+                assert "| waiting for 1 run of batch 1 round 1, queued until " in work.stderr
+            else:
+                assert work.returncode == 1, work.stderr
+                assert "| waiting for 1 run of batch 2 round 1, queued until " in work.stderr
+                error = work.stderr.splitlines()[-1]
+                assert error.startswith("error: nothing to run before "), error
+                assert "longer than a burst worker waits (5 min); queued for later: " in error
+                assert "1 run of batch 2 round 1; run `runner work` to wait for them" in error
+                assert "Traceback" not in work.stderr
+    assert sql(db_url, "SELECT round_id, state, attempts FROM runs ORDER BY round_id") == [
+        (1, "succeeded", 2),
+        (2, "queued", 1),
+    ]
