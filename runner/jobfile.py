@@ -18,8 +18,9 @@ import hashlib
 import itertools
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -204,6 +205,9 @@ class _Item:
     values: dict[str, Any]
     params: dict[str, Any]
     seeds: list[int | None] | None
+    # Its own seed goes into its default key: another item with its own seed has the same
+    # variables (they differ only by seed, and would get the same key without it).
+    seed_in_key: bool = False
 
 
 @dataclass(frozen=True)
@@ -320,7 +324,28 @@ def _items(data: Mapping[str, Any], variables: Mapping[str, Any], lines: _Lines)
                 seeds=[seed] if "seed" in item else None,
             )
         )
-    return result
+    return _seeds_in_keys(result)
+
+
+def _seeds_in_keys(items: list[_Item]) -> list[_Item]:
+    """Mark the items told apart only by their own seed (see ``_Item.seed_in_key``).
+
+    Only such items change: they gave duplicate keys before, so no key a file could be
+    submitted with moves.
+    """
+    own = Counter(_key_values(i.values) for i in items if i.seeds is not None)
+    twins = {values for values, count in own.items() if count > 1}
+    return [
+        replace(i, seed_in_key=True)
+        if i.seeds is not None and _key_values(i.values) in twins
+        else i
+        for i in items
+    ]
+
+
+def _key_values(values: Mapping[str, Any]) -> str:
+    """The part of a default key that names variable values, e.g. ``topic=mars/lang=en``."""
+    return "/".join(f"{k}={_render(v)}" for k, v in values.items())
 
 
 def _check_params(params: Any, at: Path_, lines: _Lines) -> dict[str, Any]:
@@ -449,8 +474,9 @@ def _key(spec: _Spec, point: _Expansion, rep: int, index: int) -> str:
     parts = []
     if len(spec.models) > 1:
         parts.append(f"model={point.model}")
-    parts.extend(f"{k}={_render(v)}" for k, v in point.values.items())
-    if len(spec.seeds) > 1 and point.item.seeds is None:
+    if point.values:
+        parts.append(_key_values(point.values))
+    if (len(spec.seeds) > 1 and point.item.seeds is None) or point.item.seed_in_key:
         parts.append(f"seed={point.seed}")
     if spec.repeat > 1:
         parts.append(f"rep={rep}")

@@ -30,6 +30,8 @@ from datetime import datetime
 from typing import Any
 
 import anyio
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -290,6 +292,9 @@ class Ticked:
 
 async def tick(engine: AsyncEngine, settings: Settings, now: datetime) -> list[Ticked]:
     """Create the rounds of every due tick (other workers may create some of them)."""
+    # Claimable at once, in real time too: a rehearsal (``--now`` ahead of the real time)
+    # makes rounds any worker runs now, not ones that wait for the rehearsed time.
+    available_at = min(now, utcnow())
     created = []
     for item in await due(engine, now):
         for scheduled_for in item.ticks:
@@ -298,6 +303,7 @@ async def tick(engine: AsyncEngine, settings: Settings, now: datetime) -> list[T
                 item.schedule_id,
                 scheduled_for,
                 now=now,
+                available_at=available_at,
                 max_attempts=settings.worker.max_attempts,
                 skip_if_newer=item.catch_up is CatchUp.LATEST,
             )
@@ -332,12 +338,19 @@ async def run_pass(
     ticks: bool = True,
 ) -> PassResult:
     """Due ticks, then drift reports of finished scheduled rounds, then on-drift commands."""
+    rounds, reports = await _tick_and_report(engine, settings, clock, ticks=ticks)
+    hooks = await drift.run_pending_hooks(engine, owner, clock)
+    return PassResult(rounds, reports, hooks)
+
+
+async def _tick_and_report(
+    engine: AsyncEngine, settings: Settings, clock: Callable[[], datetime], *, ticks: bool
+) -> tuple[list[Ticked], list[drift.MadeReport]]:
     # Database work is shielded: a stopping worker lets a pass's transactions finish.
     with anyio.CancelScope(shield=True):
         rounds = await tick(engine, settings, clock()) if ticks else []
         reports = await drift.report_finished(engine, clock())
-    hooks = await drift.run_pending_hooks(engine, owner, clock)
-    return PassResult(rounds, reports, hooks)
+    return rounds, reports
 
 
 async def scheduler_loop(
@@ -346,11 +359,22 @@ async def scheduler_loop(
     clock: Callable[[], datetime],
     owner: str,
     stop: anyio.Event,
+    *,
+    task_status: TaskStatus[None] = TASK_STATUS_IGNORED,
 ) -> None:
     """The side task of every ``runner work``: one pass, then another every
     ``worker.schedule_seconds``, on the worker's clock, until ``stop`` is set (a pass
-    under way finishes first). An error stops the worker."""
-    while not stop.is_set():
-        await run_pass(engine, settings, clock, owner)
+    under way finishes first). An error stops the worker.
+
+    It reports started once the first pass queued the due ticks' rounds (before its
+    on-drift commands): a burst worker started at a tick must find them to run.
+    """
+    await _tick_and_report(engine, settings, clock, ticks=True)
+    task_status.started()
+    while True:
+        await drift.run_pending_hooks(engine, owner, clock)
         with anyio.move_on_after(settings.worker.schedule_seconds):
             await stop.wait()
+        if stop.is_set():
+            return
+        await _tick_and_report(engine, settings, clock, ticks=True)

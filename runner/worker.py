@@ -48,7 +48,8 @@ from runner.endpoints import EndpointError
 from runner.endpoints.client import EndpointPool
 from runner.logs import run_context
 from runner.ratelimit import Limits, estimate_tokens
-from runner.schedule import scheduler_loop
+from runner.schedule import run_pass, scheduler_loop
+from runner.waiting import stranded_text, wait_limit, waiting_text
 
 log = logging.getLogger("runner.worker")
 
@@ -90,6 +91,8 @@ class WorkerStats:
     completion_tokens: int = 0
     # endpoint -> why this worker stopped claiming its runs
     disabled_endpoints: dict[str, str] = field(default_factory=dict)
+    # burst: why it exited with runs left (queued for later than it waits, runner.waiting)
+    stranded: str | None = None
 
 
 class Worker:
@@ -123,6 +126,7 @@ class Worker:
         self._in_flight: dict[int, _Ready] = {}
         self._executing = 0
         self.rounds_seen: set[int] = set()  # rounds this worker has claimed runs of
+        self.waiting: str | None = None  # burst: what it waits for while it can claim nothing
         self._last_take_back = -1e9
         self._stopping = False
         self._wakeup = anyio.Event()
@@ -210,7 +214,8 @@ class Worker:
                     if inline is not None:
                         loops.start_soon(self._checkpoint_loop)
                     if self.scheduler:
-                        loops.start_soon(
+                        # Started once the due ticks' rounds are queued (burst: to run them).
+                        await loops.start(
                             scheduler_loop,
                             self.engine,
                             self.settings,
@@ -233,6 +238,10 @@ class Worker:
                         self.config.grace_seconds, SIDE_LOOPS_STOP_SECONDS
                     )
                 signals.cancel_scope.cancel()
+            if self.scheduler and self.burst and not self._stopping:
+                # The side task may have ended before the last rounds finished: their drift
+                # reports (and on-drift commands) before a burst worker exits.
+                await run_pass(self.engine, self.settings, self.clock, self.id, ticks=False)
         finally:
             with anyio.CancelScope(shield=True):
                 await pool.aclose()
@@ -302,6 +311,8 @@ class Worker:
             )
             if take_back:
                 self._last_take_back = time.monotonic()
+            if claimed:
+                self.waiting = None
             for run in claimed:
                 entry = (run, anyio.CancelScope())
                 self._in_flight[run.run_id] = entry
@@ -312,7 +323,7 @@ class Worker:
                 # Short: look for expired leases on the next claim, not a second from now.
                 self._last_take_back = -1e9
                 if self.burst and await self._drained():
-                    log.info("worker %s: nothing left to run", self.id)
+                    log.info("worker %s: %s", self.id, self.stats.stranded or "nothing left to run")
                     return
                 await self._sleep(self.config.poll_seconds)
 
@@ -325,13 +336,19 @@ class Worker:
             self._stored = anyio.Event()
             with anyio.move_on_after(self.config.poll_seconds):
                 await self._stored.wait()
+        now = self.clock()
         # Shielded: a second signal cancels this task, and a SQLite transaction cancelled
         # midway can leave its connection holding the write lock (see ``run``).
         with anyio.CancelScope(shield=True):
-            left = await queue.unfinished_count(
-                self.engine, self.round_ids, list(self.stats.disabled_endpoints)
+            left = await queue.unfinished(
+                self.engine, self.round_ids, list(self.stats.disabled_endpoints), now
             )
-        return left == 0
+        waiting = waiting_text(left)
+        if waiting and waiting != self.waiting:
+            log.info("worker %s: %s", self.id, waiting)
+        self.waiting = waiting
+        self.stats.stranded = stranded_text(left, now, wait_limit(self.config))
+        return left.count == 0 or self.stats.stranded is not None
 
     async def _sleep(self, seconds: float) -> None:
         wakeup = self._wakeup

@@ -20,6 +20,7 @@ from runner.db import queue
 from runner.db.engine import safe_url
 from runner.db.models import RunState
 from runner.db.types import utcnow
+from runner.errors import RunnerError
 from runner.progress import Mode, run_with_progress, watch_status
 from runner.replay import reuse_for_round
 from runner.report import (
@@ -131,8 +132,10 @@ def _progress_mode(quiet: bool, interval: float | None) -> tuple[Mode, float]:
     "--burst",
     is_flag=True,
     show_envvar=True,
-    help="Exit when nothing is queued or running, instead of waiting for more; "
-    "exit 1 if any run this worker worked ended failed.",
+    help="Exit when nothing is queued or running, instead of waiting for more; exit 1 if "
+    "any run this worker worked ended failed. Runs queued for later (retries) keep it "
+    "waiting, and its progress says for what; when all that is left is queued more than "
+    "5 minutes ahead, it exits 1 saying so.",
 )
 @_progress_options
 @click.option(
@@ -178,6 +181,8 @@ def work_cmd(
     concurrency_used = concurrency or obj.settings.worker.concurrency
     stats = obj.run(go, pool_size=max(5, min(concurrency_used // 8, 20)), create=True)
     click.echo(output.worker_summary(stats))
+    if stats.stranded:  # --burst, and what is left is queued for later than it waits
+        raise RunnerError(stats.stranded)
     if burst and stats.failed:
         click.echo(f"{stats.failed} runs failed: see `runner status`", err=True)
         sys.exit(1)
@@ -249,6 +254,8 @@ def run_cmd(
     click.echo(output.status_text([status], obj.settings.prices))
     for endpoint_name, why in stats.disabled_endpoints.items():
         click.echo(f"error: endpoint {endpoint_name}: {why}", err=True)
+    if stats.stranded:
+        click.echo(f"error: {stats.stranded}", err=True)
     last = status.rounds[-1]
     if last.done < last.total:
         again_cmd = _resume_command(job_file, endpoint, name)

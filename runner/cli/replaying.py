@@ -15,6 +15,7 @@ from runner.compare import ComparisonReport, EmbeddingOptions, compare
 from runner.config import Settings
 from runner.diff import JobDiff, diff_job
 from runner.embedding import DEFAULT_MODEL as DEFAULT_EMBEDDINGS_MODEL
+from runner.errors import RunnerError
 from runner.replay import Selection, replay
 from runner.report import (
     batch_status,
@@ -49,6 +50,8 @@ async def _work_rounds(
         handle_signals=True,
     )
     await worker.run()
+    if worker.stats.stranded:
+        raise RunnerError(worker.stats.stranded)
 
 
 _rounds_option = click.option(

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from runner.cli.base import Context, _clock, _concurrency, _format, _terminal, main, pass_context
 from runner.db.types import utcnow
 from runner.drift import history
+from runner.errors import RunnerError
 from runner.schedule import (
     PassResult,
     add_schedule,
@@ -159,7 +160,8 @@ def schedule_remove(obj: Context, name: str) -> None:
     metavar="TIME",
     show_envvar=True,
     help="Look for ticks due at TIME (ISO 8601, UTC unless it has an offset) instead of "
-    "now: a testing aid to rehearse a tick. [default: the real time]",
+    "now: a testing aid to rehearse a tick. Their rounds can be claimed at once: "
+    "`runner work --burst` runs them. [default: the real time]",
 )
 @click.option(
     "--work",
@@ -198,6 +200,8 @@ def schedule_run_due(
             clock=clock,
         )
         await worker.run()
+        if worker.stats.stranded:
+            raise RunnerError(worker.stats.stranded)
         then = await run_pass(engine, obj.settings, clock, owner, ticks=False)
         return PassResult(first.rounds, first.reports + then.reports, first.hooks + then.hooks)
 

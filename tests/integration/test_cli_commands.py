@@ -37,6 +37,21 @@ def test_submit_work_status_show(db_url: str, tmp_path: Path) -> None:
     assert code == 0 and f"run {details['id']}: batch 1 (t) round 1" in out
 
 
+def test_items_differing_only_by_their_seed_get_distinct_keys(db_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "seeds.yaml"
+    path.write_text(
+        "name: seeds\nendpoint: local\nmodel: m\nmessages: [{role: user, content: hi}]\n"
+        "items: [{seed: 1}, {seed: 2}]\n",
+        encoding="utf-8",
+    )
+    code, out, err = invoke(db_url, "submit", str(path))
+    assert (code, err) == (0, ""), err
+    assert out.strip() == "batch 1 (seeds): 2 jobs queued as round 1"
+    for seed in (1, 2):
+        code, out, _ = invoke(db_url, "show", "seeds", f"seed={seed}", "--json")
+        assert code == 0 and json.loads(out)["seed"] == seed
+
+
 def test_user_errors_are_one_line_with_non_zero_exit(db_url: str, tmp_path: Path) -> None:
     code, _, err = invoke(db_url, "show", "999")
     assert code == 1 and err.strip() == "error: no run 999"

@@ -97,6 +97,28 @@ key: "{model}-{word}-{index}"
     assert jobs[1].line == 6  # the line of the item it comes from
 
 
+def test_items_told_apart_only_by_their_own_seed_get_the_seed_in_their_keys(
+    tmp_path: Path,
+) -> None:
+    # Items with the same variables and their own seeds would share a key without it;
+    # items that differ otherwise keep the keys they always had (keys are stored).
+    path = write(
+        tmp_path,
+        "s.yaml",
+        "model: m\nmessages: [{role: user, content: 'hi {who}'}]\nvars: {who: [ann, bob]}\n"
+        "items: [{seed: 1}, {seed: 2}, {tone: calm, seed: 3}, {tone: warm}]\n",
+    )
+    assert [(j.key, j.seed) for j in jobs_of(path)] == [
+        ("who=ann/seed=1", 1), ("who=bob/seed=1", 1),
+        ("who=ann/seed=2", 2), ("who=bob/seed=2", 2),
+        ("tone=calm/who=ann", 3), ("tone=calm/who=bob", 3),
+        ("tone=warm/who=ann", None), ("tone=warm/who=bob", None),
+    ]  # fmt: skip
+    alone = write(tmp_path, "a.yaml", "model: m\nmessages: [{role: user, content: hi}]\n"
+                                      "items: [{seed: 1}, {seed: 2}]\n")  # fmt: skip
+    assert [j.key for j in jobs_of(alone)] == ["seed=1", "seed=2"]
+
+
 def test_extra_params_pass_through(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -20,7 +20,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runner.db.models import (
     Job,
@@ -31,6 +31,7 @@ from runner.db.models import (
 from runner.db.models import Worker as WorkerRow
 from runner.db.queue._common import (
     QueueEngine,
+    _in_rounds,
     _not_for,
     _retry_deadlock,
     _transaction,
@@ -336,3 +337,68 @@ async def release(engine: AsyncEngine, owner: str, run_ids: Iterable[int], now: 
             )
         )
         return int(result.rowcount)
+
+
+# ---------------------------------------------------------------- what is left to claim
+
+
+@dataclass(frozen=True)
+class LaterRuns:
+    """Queued runs of one round that no claim takes before ``until`` (their earliest
+    ``available_at``): a retry's backoff, or a time set by a clock ahead (``--now``)."""
+
+    batch_id: int
+    round_number: int
+    runs: int
+    until: datetime
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """Runs still queued or running, and which of them cannot be claimed yet."""
+
+    queued: int = 0
+    running: int = 0
+    later: tuple[LaterRuns, ...] = ()  # by ``until``, soonest first
+
+    @property
+    def count(self) -> int:
+        return self.queued + self.running
+
+
+async def unfinished(
+    engine: AsyncEngine,
+    round_ids: Sequence[int] | None,
+    exclude_endpoints: Sequence[str],
+    now: datetime,
+) -> Unfinished:
+    """Runs (in ``round_ids``, or anywhere) a burst worker still waits for, at ``now``."""
+    scope = (_in_rounds(round_ids), _not_for(exclude_endpoints))
+    unfinished_states = [RunState.QUEUED.value, RunState.RUNNING.value]
+    async with engine.connect() as conn:
+        counts = dict(
+            (state, int(n))
+            for state, n in await conn.execute(
+                select(Run.state, func.count())
+                .where(Run.state.in_(unfinished_states), *scope)
+                .group_by(Run.state)
+            )
+        )
+        later = await _later_runs(conn, scope, now) if counts.get(RunState.QUEUED.value) else []
+    return Unfinished(
+        queued=counts.get(RunState.QUEUED.value, 0),
+        running=counts.get(RunState.RUNNING.value, 0),
+        later=tuple(later),
+    )
+
+
+async def _later_runs(conn: AsyncConnection, scope: Any, now: datetime) -> list[LaterRuns]:
+    until = func.min(Run.available_at)
+    rows = await conn.execute(
+        select(Round.batch_id, Round.number, func.count(), until)
+        .join(Round, Round.id == Run.round_id)
+        .where(Run.state == RunState.QUEUED.value, Run.available_at > now, *scope)
+        .group_by(Round.batch_id, Round.number)
+        .order_by(until, Round.batch_id, Round.number)
+    )
+    return [LaterRuns(int(b), int(number), int(n), at) for b, number, n, at in rows]

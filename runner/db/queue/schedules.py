@@ -147,10 +147,12 @@ async def create_tick_round(
     scheduled_for: datetime,
     *,
     now: datetime,
+    available_at: datetime,
     max_attempts: int,
     skip_if_newer: bool,
 ) -> TickRound | None:
-    """The round of one tick with a queued run per job, in one transaction.
+    """The round of one tick with a queued run per job (claimable from ``available_at``),
+    in one transaction.
 
     None when another worker made it first (the unique index), when the schedule is
     paused or gone, or (``skip_if_newer``: catch-up ``latest``) when a later tick
@@ -194,7 +196,7 @@ async def create_tick_round(
             if round_id is None:
                 return None  # another worker created this tick's round
             tries = await tries_per_run(conn, batch_id) or max_attempts
-            await enqueue_round(conn, round_id, batch_id, max_attempts=tries, now=now)
+            await enqueue_round(conn, round_id, batch_id, max_attempts=tries, now=available_at)
             # (rowcount of an INSERT ... SELECT is -1 through psycopg: count instead)
             runs = await conn.scalar(select(func.count()).where(Run.round_id == round_id))
             return TickRound(
