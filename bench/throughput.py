@@ -41,7 +41,7 @@ from runner.config import EndpointConfig, load_settings
 from runner.db import engine as db
 from runner.endpoints.client import EndpointClient
 from runner.submit import submit
-from runner.worker import Worker
+from runner.work import Worker
 
 
 async def queued_run(jobs: Path, url: str | None, concurrency: int, workdir: Path) -> float:

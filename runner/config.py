@@ -81,6 +81,12 @@ class WorkerConfig:
     backoff_max_seconds: float = 60.0
     # How often a worker looks for due schedule ticks and finished scheduled rounds.
     schedule_seconds: float = 10.0
+    # How long a worker waits for an unreachable database (holding its results) before
+    # it stops (runner.db.outage).
+    database_outage_seconds: float = 600.0
+    # SQLite: how long a claim or a store waits for another process's write lock before
+    # it counts as an outage (and is tried again, as above).
+    sqlite_busy_seconds: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 from runner.config import Price
 from runner.report import BatchLine, BatchStatus
-from runner.worker import WorkerStats
+from runner.work import WorkerStats
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 

@@ -21,7 +21,7 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.report import RoundProgress, rounds_progress
-from runner.worker import Worker
+from runner.work import Worker
 
 Mode = Literal["live", "log", "quiet"]
 T = TypeVar("T")

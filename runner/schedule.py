@@ -24,10 +24,10 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
@@ -42,11 +42,13 @@ from runner.cron import ScheduleSpec, check_catch_up, check_name, parse_cron
 from runner.db import queue
 from runner.db.models import Batch, DriftReport, Round, Schedule
 from runner.db.models import CatchUpPolicy as CatchUp
+from runner.db.outage import Outage
 from runner.db.types import utcnow
 from runner.errors import NotFoundError, ScheduleError
 from runner.report import resolve_batch
 
 log = logging.getLogger("runner.schedule")
+T = TypeVar("T")
 
 
 def owner_id(kind: str = "run-due") -> str:
@@ -336,21 +338,40 @@ async def run_pass(
     owner: str,
     *,
     ticks: bool = True,
+    outage: Outage | None = None,
 ) -> PassResult:
-    """Due ticks, then drift reports of finished scheduled rounds, then on-drift commands."""
-    rounds, reports = await _tick_and_report(engine, settings, clock, ticks=ticks)
-    hooks = await drift.run_pending_hooks(engine, owner, clock)
+    """Due ticks, then drift reports of finished scheduled rounds, then on-drift commands.
+
+    ``outage``: a worker's, to wait out an unreachable database (every step is safe to
+    run again: ticks and reports are unique per round, hooks are claimed).
+    """
+    rounds, reports = await _tick_and_report(engine, settings, clock, ticks=ticks, outage=outage)
+    hooks = await _through(
+        outage, "running on-drift commands", lambda: drift.run_pending_hooks(engine, owner, clock)
+    )
     return PassResult(rounds, reports, hooks)
 
 
+async def _through(outage: Outage | None, step: str, fn: Callable[[], Awaitable[T]]) -> T:
+    return await fn() if outage is None else await outage.call(step, fn)
+
+
 async def _tick_and_report(
-    engine: AsyncEngine, settings: Settings, clock: Callable[[], datetime], *, ticks: bool
+    engine: AsyncEngine,
+    settings: Settings,
+    clock: Callable[[], datetime],
+    *,
+    ticks: bool,
+    outage: Outage | None = None,
 ) -> tuple[list[Ticked], list[drift.MadeReport]]:
-    # Database work is shielded: a stopping worker lets a pass's transactions finish.
-    with anyio.CancelScope(shield=True):
-        rounds = await tick(engine, settings, clock()) if ticks else []
-        reports = await drift.report_finished(engine, clock())
-    return rounds, reports
+    async def step() -> tuple[list[Ticked], list[drift.MadeReport]]:
+        # Database work is shielded: a stopping worker lets a pass's transactions finish.
+        with anyio.CancelScope(shield=True):
+            rounds = await tick(engine, settings, clock()) if ticks else []
+            reports = await drift.report_finished(engine, clock())
+        return rounds, reports
+
+    return await _through(outage, "schedule ticks and drift reports", step)
 
 
 async def scheduler_loop(
@@ -359,6 +380,7 @@ async def scheduler_loop(
     clock: Callable[[], datetime],
     owner: str,
     stop: anyio.Event,
+    outage: Outage | None = None,
     *,
     task_status: TaskStatus[None] = TASK_STATUS_IGNORED,
 ) -> None:
@@ -369,12 +391,16 @@ async def scheduler_loop(
     It reports started once the first pass queued the due ticks' rounds (before its
     on-drift commands): a burst worker started at a tick must find them to run.
     """
-    await _tick_and_report(engine, settings, clock, ticks=True)
+    await _tick_and_report(engine, settings, clock, ticks=True, outage=outage)
     task_status.started()
     while True:
-        await drift.run_pending_hooks(engine, owner, clock)
+        await _through(
+            outage,
+            "running on-drift commands",
+            lambda: drift.run_pending_hooks(engine, owner, clock),
+        )
         with anyio.move_on_after(settings.worker.schedule_seconds):
             await stop.wait()
         if stop.is_set():
             return
-        await _tick_and_report(engine, settings, clock, ticks=True)
+        await _tick_and_report(engine, settings, clock, ticks=True, outage=outage)

@@ -34,7 +34,7 @@ from runner.replay import Selection, check_overrides, queue_replay
 from runner.report import resolve_batch
 from runner.similarity import mean_pairwise_similarity
 from runner.submit import submit
-from runner.worker import Worker
+from runner.work import Worker
 
 JOB_FILE_SUFFIXES = (".yaml", ".yml", ".jsonl")
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.cli import main
 from runner.config import EndpointConfig, Settings, WorkerConfig, load_settings
-from runner.worker import Worker
+from runner.work import Worker
 
 FAST = WorkerConfig(
     concurrency=8, poll_seconds=0.02, heartbeat_seconds=0.2, lease_seconds=5,

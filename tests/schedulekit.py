@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.config import EndpointConfig, Settings
 from runner.db.types import utcnow
-from runner.worker import Worker
+from runner.work import Worker
 from tests.replaykit import settings_with
 
 

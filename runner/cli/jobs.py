@@ -31,7 +31,7 @@ from runner.report import (
     run_details,
 )
 from runner.submit import Submitted, submit
-from runner.worker import Worker
+from runner.work import Worker
 
 
 def _job_file_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -21,7 +21,7 @@ from runner.report import (
     batch_status,
 )
 from runner.verify import VerifyReport, is_job_file, verify
-from runner.worker import Worker
+from runner.work import Worker
 
 
 def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:

@@ -30,7 +30,7 @@ from runner.scheduleview import (
     schedules_json,
     schedules_text,
 )
-from runner.worker import Worker
+from runner.work import Worker
 
 
 def _wide() -> int:

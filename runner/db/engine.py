@@ -184,9 +184,11 @@ class InlineSQLite:
         _install_sqlite_hooks(self.engine, INLINE_BUSY_TIMEOUT_MS, autocheckpoint=False)
 
     @classmethod
-    def of(cls, engine: AsyncEngine) -> InlineSQLite:
+    def of(
+        cls, engine: AsyncEngine, *, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_MS / 1000
+    ) -> InlineSQLite:
         """An inline connection to the same SQLite file as ``engine``."""
-        return cls(engine.url.render_as_string(hide_password=False))
+        return cls(engine.url.render_as_string(hide_password=False), busy_timeout_s=busy_timeout_s)
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
         deadline = time.monotonic() + self.busy_timeout_s

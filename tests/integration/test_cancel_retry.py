@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from runner.cli import main
 from runner.config import EndpointConfig, WorkerConfig, load_settings
 from runner.submit import submit
-from runner.worker import Worker
+from runner.work import Worker
 from tests.fakeserver import Received, Reply, completion, fake_server
 from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH, rows, wait_for, yaml_job
 

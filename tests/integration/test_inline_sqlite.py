@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.config import WorkerConfig, load_settings
 from runner.db import engine as db
-from runner.worker import Worker
+from runner.work import Worker
 
 pytestmark = pytest.mark.anyio
 

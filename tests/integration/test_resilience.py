@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from runner.config import EndpointConfig, Settings, WorkerConfig, load_settings
 from runner.localmodel.server import ServerOptions, running_server
 from runner.submit import submit
-from runner.worker import Worker
+from runner.work import Worker
 from tests.fakeserver import Reply, fake_server
 from tests.helpers import rows
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.config import load_settings
-from runner.worker import Worker
+from runner.work import Worker
 from tests.helpers import rows, submit_jobs
 
 pytestmark = pytest.mark.anyio

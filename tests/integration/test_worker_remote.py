@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.config import EndpointConfig, Settings, WorkerConfig, load_settings
 from runner.submit import submit
-from runner.worker import Worker
+from runner.work import Worker
 from tests.fakeserver import FakeServer, Received, Reply, completion, fake_server
 from tests.helpers import rows, wait_for, yaml_job
 

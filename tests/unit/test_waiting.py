@@ -1,4 +1,4 @@
-"""What a burst worker says while it waits, and when it stops waiting (runner.waiting)."""
+"""What a burst worker says while it waits, and when it stops waiting (runner.work.waiting)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from runner.config import WorkerConfig
 from runner.db.queue import LaterRuns, Unfinished
-from runner.waiting import stranded_text, wait_limit, waiting_text
+from runner.work.waiting import stranded_text, wait_limit, waiting_text
 
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 

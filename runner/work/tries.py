@@ -1,0 +1,189 @@
+"""One try of a claimed run: the request under its endpoint's limits, and its outcome.
+
+``Tries.attempt`` sends a run's body through its endpoint's client once and turns what
+came back into an ``Outcome`` for the writer: a success with everything stored about it,
+or an error that is retried (with full-jitter backoff, never sooner than the server
+asked), failed for good, or released. Three HTTP 401s in a row give the endpoint up: a
+bad key must not burn a batch, so the 401s before that are retried, and the ones after
+(requests already in flight) release their runs without counting the try.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from runner.config import WorkerConfig
+from runner.db.queue import ClaimedRun, Outcome
+from runner.endpoints import EndpointError
+from runner.endpoints.client import EndpointPool
+from runner.logs import run_context
+from runner.ratelimit import Limits, estimate_tokens
+from runner.work.stats import WorkerStats
+
+log = logging.getLogger("runner.worker")
+
+AUTH_FAILURES_TO_GIVE_UP = 3  # 401s in a row before a worker stops claiming for an endpoint
+
+
+def backoff_seconds(attempt: int, config: WorkerConfig, retry_after: float | None) -> float:
+    """Full-jitter exponential backoff, capped, never shorter than the server asked."""
+    ceiling = min(config.backoff_max_seconds, config.backoff_base_seconds * 2 ** (attempt - 1))
+    delay = random.uniform(0, ceiling)
+    return max(delay, retry_after or 0.0)
+
+
+class Tries:
+    """Makes one try of a run at a time; shared by a worker's request slots."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        limits: Limits,
+        stats: WorkerStats,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.config = config
+        self.limits = limits
+        self.stats = stats
+        self.clock = clock
+        self._auth_failures: dict[str, int] = {}
+
+    async def attempt(self, run: ClaimedRun, pool: EndpointPool) -> Outcome | None:
+        """One try of a run under its endpoint's limits; None if the endpoint was given up."""
+        limiter = self.limits.get(run.endpoint, run.model)
+        client = pool.get(run.endpoint)
+        # Counting prompt tokens costs more than the rest of a claim: only under a TPM limit.
+        metered = limiter.bucket("tokens") is not None
+        estimate = estimate_tokens(json.loads(run.body)) if metered else 0
+        async with limiter.permit(estimate) as permit:
+            if run.endpoint in self.stats.disabled_endpoints:
+                return None
+            started_at = self.clock()
+            t0 = time.perf_counter()
+            try:
+                completion = await client.chat(run.body)
+            except EndpointError as exc:
+                permit.settle(None, exc.rate_limits)
+                if exc.status == 429 and exc.retryable:
+                    limiter.pause(self._pause_for(exc))
+                self._count_auth_failure(run.endpoint, exc)
+                return self._failure(run, started_at, t0, exc)
+            permit.settle(completion.total_tokens, completion.rate_limits)
+        self._auth_failures.pop(run.endpoint, None)
+        latency = (time.perf_counter() - t0) * 1000
+        self.stats.succeeded += 1
+        self.stats.prompt_tokens += completion.prompt_tokens or 0
+        self.stats.completion_tokens += completion.completion_tokens or 0
+        return Outcome(
+            run_id=run.run_id,
+            attempt=run.attempt,
+            started_at=started_at,
+            finished_at=self.clock(),
+            latency_ms=round(latency, 3),
+            outcome="succeeded",
+            http_status=completion.http_status,
+            response=completion.response,
+            output=completion.outputs[0],
+            outputs=json.dumps(list(completion.outputs), ensure_ascii=False),
+            finish_reason=completion.finish_reason,
+            response_model=completion.model,
+            system_fingerprint=completion.system_fingerprint,
+            provider_request_id=completion.request_id,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            total_tokens=completion.total_tokens,
+        )
+
+    @staticmethod
+    def _pause_for(exc: EndpointError) -> float:
+        """How long a 429 pauses its endpoint: what the server asked, else its reset time."""
+        if exc.retry_after is not None:
+            return exc.retry_after
+        info = exc.rate_limits
+        resets = [r for r in (info.reset_requests, info.reset_tokens) if r] if info else []
+        return min(resets) if resets else 1.0
+
+    def _count_auth_failure(self, endpoint: str, exc: EndpointError) -> None:
+        """An invalid key must not burn through a batch: give up after a few 401s in a row."""
+        if exc.status != 401:
+            self._auth_failures.pop(endpoint, None)
+            return
+        count = self._auth_failures[endpoint] = self._auth_failures.get(endpoint, 0) + 1
+        if count >= AUTH_FAILURES_TO_GIVE_UP and endpoint not in self.stats.disabled_endpoints:
+            why = (
+                f"{count} requests in a row were refused with HTTP 401 ({exc.message}); "
+                "check the endpoint's API key, then run `runner work` again"
+            )
+            self.stats.disabled_endpoints[endpoint] = why
+            log.error("endpoint %s: not claiming its runs any more: %s", endpoint, why)
+
+    def _failure(
+        self, run: ClaimedRun, started_at: datetime, t0: float, exc: EndpointError
+    ) -> Outcome:
+        finished = self.clock()
+        if exc.status == 401 and run.endpoint in self.stats.disabled_endpoints:
+            # Its endpoint was given up on (a bad key): the run goes back like the rest of
+            # its endpoint's runs, however many tries it had left.
+            self.stats.released += 1
+            return self._error_outcome(run, started_at, t0, exc, "released", finished)
+        # A 401 before the endpoint is given up is held against the run like a retryable
+        # error: a bad key must not fail the first few runs of a batch.
+        retryable = exc.retryable or exc.status == 401
+        retry = retryable and run.attempt < run.max_attempts
+        retry_at = None
+        if retry:
+            delay = backoff_seconds(run.attempt, self.config, exc.retry_after)
+            retry_at = finished + timedelta(seconds=delay)
+            self.stats.retried += 1
+        else:
+            self.stats.failed += 1
+        message = exc.message
+        if retryable and not retry:
+            message = f"{message} (gave up after {run.attempt} attempts)"
+        log.log(
+            logging.INFO if retry else logging.WARNING,
+            "run %d (batch %d round %d key %s) attempt %d: %s: %s%s",
+            run.run_id,
+            run.batch_id,
+            run.round_number,
+            run.key,
+            run.attempt,
+            exc.error_type,
+            exc.message,
+            f"; retry in {(retry_at - finished).total_seconds():.1f} s" if retry_at else "",
+            extra=run_context(run),
+        )
+        outcome = "retry" if retry else "failed"
+        return self._error_outcome(run, started_at, t0, exc, outcome, finished, retry_at, message)
+
+    @staticmethod
+    def _error_outcome(
+        run: ClaimedRun,
+        started_at: datetime,
+        t0: float,
+        exc: EndpointError,
+        outcome: str,
+        finished: datetime,
+        retry_at: datetime | None = None,
+        message: str | None = None,
+    ) -> Outcome:
+        return Outcome(
+            run_id=run.run_id,
+            attempt=run.attempt,
+            started_at=started_at,
+            finished_at=finished,
+            latency_ms=round((time.perf_counter() - t0) * 1000, 3),
+            outcome=outcome,
+            http_status=exc.status,
+            retry_at=retry_at,
+            retry_after_ms=None if exc.retry_after is None else round(exc.retry_after * 1000, 3),
+            provider_request_id=exc.request_id,
+            error_type=exc.error_type,
+            error_message=exc.message if message is None else message,
+            error_body=exc.body,
+        )
