@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import re
-import select
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +22,7 @@ import pytest
 from runner.cron import parse_cron
 from runner.db.types import utcnow
 from tests.fakeserver import Received, Reply, completion, fake_server
+from tests.helpers import on_terminal
 
 RUNNER = [sys.executable, "-m", "runner"]
 TIMEOUT = 120
@@ -73,44 +70,12 @@ def cli(tmp_path: Path, db_url: str, *args: str) -> subprocess.CompletedProcess[
     )  # fmt: skip
 
 
-def on_terminal(
+def terminal(
     tmp_path: Path, db_url: str, *args: str, stop_when: Callable[[str], bool] | None = None
 ) -> tuple[int, str]:
-    """One command with a pseudo-terminal as stdin, stdout and stderr: rich's live path.
-
-    With ``stop_when``, it is sent SIGINT once what it drew satisfies it.
-    """
-    leader, follower = pty.openpty()
-    proc = subprocess.Popen(
-        [*RUNNER, "--db", db_url, *args], cwd=tmp_path, stdin=follower, stdout=follower,
-        stderr=follower, env=env(), close_fds=True,
-    )  # fmt: skip
-    os.close(follower)
-    screen, interrupted = b"", False
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # the child closed the terminal
-                break
-            if not chunk:
-                break
-            screen += chunk
-            if stop_when and not interrupted and stop_when(shown(screen)):
-                proc.send_signal(signal.SIGINT)
-                interrupted = True
-        elif proc.poll() is not None:
-            break
-    os.close(leader)
-    return proc.wait(30), shown(screen)
-
-
-def shown(screen: bytes) -> str:
-    """What a terminal shows, without escape sequences and carriage returns."""
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07", "", screen.decode(errors="replace"))
-    return text.replace("\r", "")
+    """One command on a pseudo-terminal (stdin, stdout, stderr): the live display path."""
+    return on_terminal([*RUNNER, "--db", db_url, *args], cwd=tmp_path, env=env(),
+                       limit=TIMEOUT, stop_when=stop_when)  # fmt: skip
 
 
 def verbatim(out: str, *expected: str) -> None:
@@ -165,7 +130,7 @@ def test_markup_and_emoji_codes_in_user_text_print_as_written(tmp_path: Path, db
         )
         # Round 2 on the fake provider, a burst worker on a terminal: the live display.
         ok(cli(tmp_path, db_url, "replay", "1", "--endpoint", "fake"))
-        code, screen = on_terminal(tmp_path, db_url, "work", "--burst", *one)
+        code, screen = terminal(tmp_path, db_url, "work", "--burst", *one)
         assert code == 0, screen[-3000:]
         verbatim(screen, f"1 {NAME}", "10/10", "worker done: 10 succeeded")
         # Round 3 on the fake provider, a burst worker not on a terminal.
@@ -175,7 +140,7 @@ def test_markup_and_emoji_codes_in_user_text_print_as_written(tmp_path: Path, db
         # Batch 2, the same jobs and name without the schedule: `runner run` on a terminal.
         again = tmp_path / "again.yaml"
         again.write_text(JOB.split("schedule:")[0], encoding="utf-8")
-        code, screen = on_terminal(tmp_path, db_url, "run", str(again), *one)
+        code, screen = terminal(tmp_path, db_url, "run", str(again), *one)
         assert code == 1, screen[-3000:]
         verbatim(screen, f"2 {NAME}", "10/10", "10/10 done: 5 succeeded, 5 failed")
         # A scheduled round (4) of batch 1 and its drift report (against round 3).
@@ -197,7 +162,7 @@ def test_markup_and_emoji_codes_in_user_text_print_as_written(tmp_path: Path, db
     status = ok(cli(tmp_path, db_url, "status", "1"))
     verbatim(status, f"batch 1 {NAME}  (10 jobs", "runner.toml [prices]", FINGERPRINT)
     verbatim(watch_until_sigint(tmp_path, db_url), f"batch 1 {NAME}", "runner.toml [prices]")
-    code, screen = on_terminal(
+    code, screen = terminal(
         tmp_path, db_url, "status", "1", "--watch", "--interval", "0.2",
         stop_when=lambda s: "[prices]" in s,
     )  # fmt: skip
