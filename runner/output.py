@@ -27,7 +27,8 @@ def worker_summary(stats: WorkerStats) -> str:
 def batches_text(batches: Sequence[BatchLine]) -> str:
     if not batches:
         return "no batches yet: submit one with `runner submit JOBFILE`"
-    lines = [f"{'id':>4}  {'name':24} {'jobs':>7} {'rounds':>6}  {'last round':34} fingerprint"]
+    wide = max(24, *(len(b.name) for b in batches))  # names are shown whole, never cut
+    lines = [f"{'id':>4}  {'name':{wide}} {'jobs':>7} {'rounds':>6}  {'last round':34} fingerprint"]
     for b in batches:
         counts = b.last_round_counts
         done = sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
@@ -38,7 +39,7 @@ def batches_text(batches: Sequence[BatchLine]) -> str:
                 f", {failed} failed" if failed else ""
             )
         lines.append(
-            f"{b.id:>4}  {b.name[:24]:24} {b.job_count:>7} {b.rounds:>6}  {last:34} "
+            f"{b.id:>4}  {b.name:{wide}} {b.job_count:>7} {b.rounds:>6}  {last:34} "
             f"{b.last_fingerprint or '-'}"
         )
     return "\n".join(lines)

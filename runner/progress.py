@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
 import anyio
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -21,6 +21,7 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.report import RoundProgress, rounds_progress
+from runner.richtext import console
 from runner.work import Worker
 
 Mode = Literal["live", "log", "quiet"]
@@ -49,14 +50,13 @@ class Progress:
         *,
         mode: Mode,
         interval: float,
-        console: Console | None = None,
         round_ids: Sequence[int] | None = None,
     ) -> None:
         self.engine = engine
         self.worker = worker
         self.mode = mode
         self.interval = interval
-        self.console = console or Console(stderr=True)
+        self.console = console(stderr=True)  # batch names print as written, never as markup
         self.round_ids = round_ids
         self._samples: deque[tuple[float, int, int]] = deque()
         self._live: Live | None = None
@@ -115,7 +115,7 @@ class Progress:
         else:
             stamp = datetime.now(UTC).strftime("%H:%M:%S")
             for line in self._lines(rounds) or ["nothing queued"]:
-                self.console.print(f"{stamp} {line} | {footer}", highlight=False, soft_wrap=True)
+                self.console.print(f"{stamp} {line} | {footer}", soft_wrap=True)
 
     @staticmethod
     def _lines(rounds: list[RoundProgress]) -> list[str]:
@@ -134,11 +134,13 @@ class Progress:
     def _render(rounds: list[RoundProgress], footer: str) -> Group:
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
         for column in ("batch", "round", "progress", "", "done", "failed", "queued", "running"):
-            table.add_column(column, justify="right" if column not in ("batch", "") else "left")
+            left = column in ("batch", "")
+            # fold, not "…": a long batch name is shown whole, on more lines
+            table.add_column(column, justify="left" if left else "right", overflow="fold")
         for r in rounds:
             percent = r.done / r.total if r.total else 1.0
             table.add_row(
-                f"{r.batch_id} {r.batch_name}",
+                Text(f"{r.batch_id} {r.batch_name}"),
                 str(r.round_number),
                 ProgressBar(total=max(r.total, 1), completed=r.done, width=30),
                 f"{percent:.0%}",
@@ -168,13 +170,13 @@ async def watch_status(
     fetch: Callable[[], Awaitable[T]], text: Callable[[T], str], interval: float
 ) -> None:
     """``runner status --watch``: redraw on a terminal, or print each update, until cancelled."""
-    console = Console()
-    if console.is_terminal:
-        with Live(console=console, auto_refresh=False) as live:
+    out = console()  # names, errors and our own "[prices]" print as written
+    if out.is_terminal:
+        with Live(console=out, auto_refresh=False) as live:
             while True:
                 live.update(Text(text(await fetch())), refresh=True)
                 await anyio.sleep(interval)
     while True:
-        console.print(text(await fetch()), highlight=False, soft_wrap=True)
-        console.print(f"-- every {interval:g} s; Ctrl-C to stop", style="dim")
+        out.print(text(await fetch()), soft_wrap=True)
+        out.print(f"-- every {interval:g} s; Ctrl-C to stop", style="dim")
         await anyio.sleep(interval)

@@ -1,8 +1,8 @@
 """Rendering of replay, compare, diff and verify results: rich tables, JSON, CSV, word diffs.
 
 Every function returns text; the CLI prints it. Tables are drawn by rich into a
-buffer, in colour only when asked (a terminal), so piped output stays plain. User
-data (keys, outputs) is always passed as ``Text``, never parsed as rich markup.
+buffer (``richtext.render``), in colour only when asked (a terminal), so piped output
+stays plain; no text is ever parsed as rich markup or emoji codes.
 """
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
 from rich import box
-from rich.console import Console, RenderableType
+from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -23,23 +22,9 @@ from runner.compare import ComparisonReport, Item, RoundRef, Stats
 from runner.db.models import FingerprintGroup
 from runner.diff import JobDiff
 from runner.replay import Replayed
+from runner.richtext import render
 from runner.similarity import DiffOp
 from runner.verify import JobVerdict, VerifyReport
-
-
-def _render(parts: Iterable[RenderableType], *, color: bool, width: int) -> str:
-    buffer = io.StringIO()
-    console = Console(
-        file=buffer,
-        force_terminal=color,
-        no_color=not color,
-        width=width,
-        highlight=False,
-        emoji=False,
-    )
-    for part in parts:
-        console.print(part)
-    return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines())
 
 
 def _pct(value: float | None) -> str:
@@ -159,7 +144,7 @@ def comparison_table(report: ComparisonReport, *, color: bool = False, width: in
             style="dim",
         )
     )
-    return _render(parts, color=color, width=width)
+    return render(parts, color=color, width=width)
 
 
 def _changed_table(items: list[Item], a: str, b: str) -> Table:
@@ -321,7 +306,7 @@ def diff_text(d: JobDiff, *, color: bool = False, width: int = 100) -> str:
                 body.append(piece.text if color else f"{{+{piece.text}+}}", style="green")
         parts.append(Text(""))
         parts.append(body)
-    return _render(parts, color=color, width=width)
+    return render(parts, color=color, width=width)
 
 
 # ---------------------------------------------------------------- verify
@@ -395,7 +380,7 @@ def verify_table(
                 style="bold red",
             )
         )
-    return _render(parts, color=color, width=width)
+    return render(parts, color=color, width=width)
 
 
 def verify_json(report: VerifyReport) -> str:

@@ -6,7 +6,6 @@ time zone (with its abbreviation) and, where it matters, in UTC.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -14,11 +13,11 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from runner.drift import DriftRow
+from runner.richtext import render
 from runner.schedule import PassResult, ScheduleInfo
 from runner.tabular import plain
 
@@ -46,13 +45,6 @@ def _both(moment: datetime | None, timezone: str) -> str:
 
 def _table(*columns: str) -> Table:
     return Table(*columns, box=box.SIMPLE_HEAD, pad_edge=False)
-
-
-def _render(table: Table, width: int) -> str:
-    buffer = io.StringIO()
-    console = Console(file=buffer, no_color=True, width=width, highlight=False, emoji=False)
-    console.print(table)
-    return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines())
 
 
 def _pct(value: float | None) -> str:
@@ -101,7 +93,7 @@ def schedules_text(infos: Sequence[ScheduleInfo], width: int = 120) -> str:
             "paused" if i.paused_at is not None else "active",
         )
     hooks = [f"on drift, {i.name} runs: {i.on_drift}" for i in infos if i.on_drift]
-    return "\n".join([_render(table, width), *hooks])
+    return "\n".join([render([table], color=False, width=width), *hooks])
 
 
 def schedules_json(infos: Sequence[ScheduleInfo]) -> str:
@@ -173,7 +165,7 @@ def drift_text(rows: Sequence[DriftRow], width: int = 120) -> str:
             Text(_fingerprints(r)),
             _hook(r),
         )
-    return _render(table, width)
+    return render([table], color=False, width=width)
 
 
 def drift_json(rows: Sequence[DriftRow]) -> str:

@@ -10,7 +10,6 @@ its columns.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -19,9 +18,10 @@ from decimal import Decimal
 from typing import Any, TextIO
 
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from runner.richtext import render
 
 FORMATS = ("table", "csv", "json", "jsonl")
 MIN_WIDTH = 30  # table columns are as wide as their name and longest value, up to this
@@ -162,18 +162,8 @@ def table_text(
         )
     for row in cells:
         table.add_row(*row)
-    buffer = io.StringIO()
-    console = Console(
-        file=buffer,
-        force_terminal=color,
-        no_color=not color,
-        width=max(width, needed),
-        highlight=False,
-    )
-    if columns:
-        console.print(table)
-    console.print(f"({len(cells)} row{'' if len(cells) == 1 else 's'})")
-    return "\n".join(line.rstrip() for line in buffer.getvalue().rstrip("\n").splitlines())
+    count = Text(f"({len(cells)} row{'' if len(cells) == 1 else 's'})")
+    return render([table, count] if columns else [count], color=color, width=max(width, needed))
 
 
 def write_rows(

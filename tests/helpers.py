@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +69,49 @@ WHERE r.reused_from_run_id IS NULL AND (
     SELECT count(*) FROM attempts a WHERE a.run_id = r.id AND a.outcome = 'succeeded'
 ) <> CASE WHEN r.state = 'succeeded' THEN 1 ELSE 0 END
 """
+
+
+def on_terminal(
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    limit: float = 120,
+    stop_when: Callable[[str], bool] | None = None,
+) -> tuple[int, str]:
+    """Run a command with a pseudo-terminal as stdin, stdout and stderr (rich's live path).
+
+    Returns its exit code and what the terminal showed, without escape sequences or
+    carriage returns. With ``stop_when``, the command gets SIGINT once that holds.
+    """
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        args, cwd=cwd, stdin=follower, stdout=follower, stderr=follower, env=env,
+        close_fds=True,
+    )  # fmt: skip
+    os.close(follower)
+    raw, interrupted = b"", False
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            raw += chunk
+            if stop_when and not interrupted and stop_when(_shown(raw)):
+                proc.send_signal(signal.SIGINT)
+                interrupted = True
+        elif proc.poll() is not None:
+            break
+    os.close(leader)
+    return proc.wait(30), _shown(raw)
+
+
+def _shown(screen: bytes) -> str:
+    """What a terminal shows, without escape sequences and carriage returns."""
+    text = screen.decode(errors="replace")
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r", "", text)

@@ -34,9 +34,10 @@ from runner.work import Worker
 
 
 def _wide() -> int:
-    """Table width: a terminal's; elsewhere wide enough that rows never wrap."""
+    """Table width: a terminal's; elsewhere wide enough that rows never wrap (a table is
+    only as wide as its widest row, so a long batch name is printed whole, on one line)."""
     color, width = _terminal()
-    return width if color else 200
+    return width if color else 100_000
 
 
 @main.group("schedule")

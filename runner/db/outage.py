@@ -82,8 +82,7 @@ class Outage:
             self.down_since = now
             self.outages += 1
             log.warning(
-                "%s is unreachable (%s: %s); holding on to results and trying again "
-                "for up to %g s",
+                "%s is unreachable (%s: %s); holding on to results and trying again for up to %g s",
                 self.what,
                 step,
                 reason(exc),

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
-import select
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.fakeserver import Received, Reply, completion, fake_server
+from tests.helpers import on_terminal
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = [sys.executable, "-m", "runner"]
@@ -21,35 +19,10 @@ PLANTED = "sk-PLANTED-0123456789abcdefXYZ"
 
 
 def test_run_on_a_terminal_shows_live_progress_reaching_100_percent(tmp_path: Path) -> None:
-    leader, follower = pty.openpty()
     env = {**os.environ, "COLUMNS": "120", "LINES": "40", "TERM": "xterm-256color"}
-    proc = subprocess.Popen(
-        [*RUNNER, "run", str(ROOT / "jobs" / "quickstart.yaml"), "--progress-interval", "0.1"],
-        cwd=tmp_path,
-        stdin=follower,
-        stdout=follower,
-        stderr=follower,
-        env=env,
-        close_fds=True,
-    )
-    os.close(follower)
-    screen = b""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # the child closed the terminal
-                break
-            if not chunk:
-                break
-            screen += chunk
-        elif proc.poll() is not None:
-            break
-    os.close(leader)
-    assert proc.wait(30) == 0
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+    args = [*RUNNER, "run", str(ROOT / "jobs" / "quickstart.yaml"), "--progress-interval", "0.1"]
+    code, text = on_terminal(args, cwd=tmp_path, env=env, limit=60)
+    assert code == 0
     assert "━" in text  # rich's progress bar was drawn
     assert re.search(r"100%\s+6/6", text), text[-2000:]
     assert "req/s" in text and "ETA" in text and "in flight" in text
