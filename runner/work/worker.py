@@ -67,6 +67,7 @@ CHECKPOINT_SECONDS = 1.0  # SQLite: how often the worker checkpoints the WAL (se
 # Longer than SQLite's busy timeout (60 s): a step waiting for the lock ends by itself.
 SIDE_LOOPS_STOP_SECONDS = 90.0
 LAST_WRITE_SECONDS = 10.0  # at the very end, how long releasing and unregistering may take
+CLOCK_WARN_OFF = timedelta(seconds=2)  # a machine clock this far off the database's is logged
 
 
 _Ready = tuple[ClaimedRun, anyio.CancelScope]  # a claimed run, and the scope that can abandon it
@@ -88,6 +89,7 @@ class Worker:
         handle_signals: bool = False,
         clock: Callable[[], datetime] = utcnow,
         scheduler: bool | None = None,
+        machine_clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.engine = engine
         self.settings = settings
@@ -96,7 +98,13 @@ class Worker:
         self.burst = burst
         self.round_ids = round_ids
         self.handle_signals = handle_signals
-        self.clock = clock
+        # Leases and timestamps are on the database's clock (PostgreSQL: workers on many
+        # machines), so ``clock`` (this machine's, or one ``--now`` shifted) is corrected by
+        # how far ``machine_clock`` is from the database's, measured at every registry
+        # heartbeat. SQLite is on this machine: its clock is the machine's.
+        self._base_clock = clock
+        self._machine_clock = machine_clock
+        self._clock_offset = timedelta(0)
         # The schedule side task (runner/schedule.py). None: on for a general worker,
         # off for one that works only the rounds it was given (runner run, replay --work).
         self.scheduler = round_ids is None if scheduler is None else scheduler
@@ -117,11 +125,32 @@ class Worker:
         self._loops_stop = anyio.Event()  # heartbeat and scheduler: finish the step, then end
         self._jobs_scope: anyio.CancelScope | None = None
         self.limits = Limits(settings.endpoints)
-        self.tries = Tries(self.config, self.limits, self.stats, clock)
+        self.tries = Tries(self.config, self.limits, self.stats, self.clock)
         self.outage = Outage(self.config.database_outage_seconds)
         # Claims and stores, the statements of every run: on SQLite, inline on this thread.
         self._hot: QueueEngine = engine
         self._writer: Writer | None = None
+
+    def clock(self) -> datetime:
+        """Now, on the database's clock (plus a ``--now`` shift)."""
+        return self._base_clock() + self._clock_offset
+
+    async def _measure_clock(self) -> None:
+        """How far this machine's clock is from the database's (PostgreSQL only)."""
+        if is_sqlite(self.engine):
+            return
+        before = self._machine_clock()
+        database = await queue.database_now(self.engine)
+        after = self._machine_clock()
+        offset = database - (before + (after - before) / 2)
+        if abs(offset - self._clock_offset) > CLOCK_WARN_OFF and abs(offset) > CLOCK_WARN_OFF:
+            log.warning(
+                "worker %s: this machine's clock is %+.1f s off the database's; leases and "
+                "timestamps use the database's",
+                self.id,
+                -offset.total_seconds(),
+            )
+        self._clock_offset = offset
 
     # ------------------------------------------------------------ live numbers
 
@@ -199,6 +228,7 @@ class Worker:
                 if self.handle_signals:
                     # Before registering: a registered worker stops gracefully on SIGTERM.
                     await signals.start(self._watch_signals)
+                await self._db("reading the database's clock", self._measure_clock)
                 await self._db(
                     "registering",
                     lambda: queue.register_worker(
@@ -440,6 +470,7 @@ class Worker:
         alive_within = timedelta(seconds=3 * interval)
         last_lease_renewal = time.monotonic()
         while not await self._paused_until_stop(interval):
+            await self._db("reading the database's clock", self._measure_clock)
             live = await self._db(
                 "renewing the worker's registration",
                 lambda: queue.worker_heartbeat(

@@ -311,6 +311,16 @@ async def worker_heartbeat(
     return max(1, int(alive or 0))
 
 
+async def database_now(engine: AsyncEngine) -> datetime:
+    """The database server's clock, now (PostgreSQL: ``clock_timestamp()``, not the
+    transaction's start)."""
+    async with engine.connect() as conn:
+        now = await conn.scalar(select(func.clock_timestamp()))
+    if not isinstance(now, datetime):
+        raise TypeError(f"clock_timestamp() returned {now!r}")
+    return now
+
+
 async def unregister_worker(engine: AsyncEngine, worker_id: str) -> None:
     async with engine.begin() as conn:
         await conn.execute(delete(WorkerRow).where(WorkerRow.id == worker_id))
