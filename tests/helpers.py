@@ -8,8 +8,10 @@ import re
 import select
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ import anyio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runner.config import Settings, load_settings
+from runner.config import EndpointConfig, Settings, WorkerConfig, load_settings
+from runner.db import engine as db
 from runner.submit import Submitted, submit
 
 
@@ -115,3 +118,38 @@ def _shown(screen: bytes) -> str:
     """What a terminal shows, without escape sequences and carriage returns."""
     text = screen.decode(errors="replace")
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07|\r", "", text)
+
+
+def sql(db_url: str, query: str) -> list[tuple[Any, ...]]:
+    """Rows of ``query``, read from outside any event loop (as another process would)."""
+    engine = db.create_sync_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(query))]
+    finally:
+        engine.dispose()
+
+
+def with_fake(db_url: str, base_url: str, *, timeout: float = 10, **worker: Any) -> Settings:
+    """Settings with an endpoint ``fake`` at ``base_url`` and these worker settings."""
+    base = load_settings(database_url=db_url)
+    fake = EndpointConfig(name="fake", type="openai", base_url=base_url, timeout=timeout)
+    return replace(base, endpoints={**base.endpoints, "fake": fake}, worker=WorkerConfig(**worker))
+
+
+def runner_process(cwd: Path, db_url: str, *args: str) -> subprocess.Popen[str]:
+    """``runner --db DB_URL ARGS...`` in a process of its own, its output captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", "--db", db_url, *args],
+        cwd=cwd,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def succeeded(db_url: str) -> int:
+    """Runs that succeeded, in every batch."""
+    ((count,),) = sql(db_url, "SELECT count(*) FROM runs WHERE state = 'succeeded'")
+    return int(count)

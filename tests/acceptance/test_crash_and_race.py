@@ -7,20 +7,15 @@ successful attempt per run); racing workers must never execute a run twice.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from sqlalchemy import text
-
-from runner.db import engine as db
 from runner.localmodel.server import ServerOptions, running_server
 from tests.fakeserver import fake_server
-from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH
+from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH, runner_process, sql, succeeded
 
 RUNNER = [sys.executable, "-m", "runner"]
 
@@ -57,28 +52,7 @@ def configure(tmp_path: Path, base_url: str, **worker: float) -> None:
     (tmp_path / "runner.toml").write_text("\n".join(lines) + "\n")
 
 
-def runner(tmp_path: Path, db_url: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [*RUNNER, "--db", db_url, *args],
-        cwd=tmp_path,
-        env=os.environ.copy(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def sql(db_url: str, query: str) -> list[tuple]:
-    engine = db.create_sync_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(query))]
-    finally:
-        engine.dispose()
-
-
-def succeeded(db_url: str) -> int:
-    return int(sql(db_url, "SELECT count(*) FROM runs WHERE state = 'succeeded'")[0][0])
+runner = runner_process
 
 
 def test_sigkill_at_random_moments_loses_nothing_and_stores_nothing_twice(

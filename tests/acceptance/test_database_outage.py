@@ -6,7 +6,6 @@ nothing lost, nothing sent twice, one succeeded attempt per run, no traceback.""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -16,24 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
-from runner.db import engine as db
 from tests.dbproxy import database_proxy
 from tests.fakeserver import FakeServer, Reply, completion, fake_server
-from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH
+from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH, runner_process, sql, succeeded
 
 RUNNER = [sys.executable, "-m", "runner"]
 JOBS = 240
-
-
-def sql(db_url: str, query: str) -> list[tuple[object, ...]]:
-    engine = db.create_sync_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(query))]
-    finally:
-        engine.dispose()
 
 
 def setup(tmp_path: Path, base_url: str, db_url: str, **worker: float) -> None:
@@ -53,9 +41,8 @@ def setup(tmp_path: Path, base_url: str, db_url: str, **worker: float) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def succeeded(db_url: str) -> int:
-    ((count,),) = sql(db_url, "SELECT count(*) FROM runs WHERE state = 'succeeded'")
-    return int(str(count))
+def burst_worker(tmp_path: Path, db_url: str) -> subprocess.Popen[str]:
+    return runner_process(tmp_path, db_url, "work", "--burst", "--quiet")
 
 
 def wait_until(condition: Callable[[], bool], limit: float = 60) -> None:
@@ -85,14 +72,7 @@ def test_a_worker_keeps_running_through_a_20_s_postgresql_outage(
     with fake_server(slow) as server, database_proxy(db_url) as proxy:
         # A lease shorter than the outage: it runs out while the worker holds the results.
         setup(tmp_path, server.base_url, db_url, lease_seconds=5)
-        proc = subprocess.Popen(
-            [*RUNNER, "--db", proxy.url(db_url), "work", "--burst", "--quiet"],
-            cwd=tmp_path,
-            env=os.environ.copy(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = burst_worker(tmp_path, proxy.url(db_url))
         wait_until(lambda: succeeded(db_url) >= 40)
         proxy.cut()
         time.sleep(20)
@@ -109,14 +89,7 @@ def test_a_worker_waits_out_a_sqlite_lock_held_past_its_busy_timeout(
     slow = lambda req, n: Reply(body=completion(req.json), delay=0.05)  # noqa: E731
     with fake_server(slow) as server:
         setup(tmp_path, server.base_url, db_url, sqlite_busy_seconds=1)
-        proc = subprocess.Popen(
-            [*RUNNER, "--db", db_url, "work", "--burst", "--quiet"],
-            cwd=tmp_path,
-            env=os.environ.copy(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = burst_worker(tmp_path, db_url)
         wait_until(lambda: succeeded(db_url) >= 40)
         held = threading.Event()
 

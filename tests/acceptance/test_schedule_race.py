@@ -16,12 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from sqlalchemy import text
-
 from runner.cron import parse_cron
-from runner.db import engine as db
 from runner.db.types import utcnow
-from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH
+from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH, sql
 from tests.schedulekit import nightly_job
 
 RUNNER = [sys.executable, "-m", "runner"]
@@ -36,15 +33,6 @@ def runner(tmp_path: Path, db_url: str, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def sql(db_url: str, query: str) -> list[tuple[object, ...]]:
-    engine = db.create_sync_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(query))]
-    finally:
-        engine.dispose()
 
 
 def configure(tmp_path: Path, variant: str | None = None) -> None:

@@ -18,7 +18,7 @@ from runner.config import EndpointConfig, WorkerConfig, load_settings
 from runner.submit import submit
 from runner.work import Worker
 from tests.fakeserver import Received, Reply, completion, fake_server
-from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH, rows, wait_for, yaml_job
+from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH, rows, wait_for, with_fake, yaml_job
 
 pytestmark = pytest.mark.anyio
 
@@ -33,12 +33,8 @@ async def test_cancel_stops_queued_at_once_and_running_at_the_next_heartbeat(
 ) -> None:
     slow = lambda req, n: Reply(body=completion(req.json), delay=1.5)  # noqa: E731
     with fake_server(slow) as server:
-        base = load_settings(database_url=db_url)
-        fake = EndpointConfig(name="fake", type="openai", base_url=server.base_url, timeout=10)
-        settings = replace(
-            base,
-            endpoints={**base.endpoints, "fake": fake},
-            worker=WorkerConfig(concurrency=3, poll_seconds=0.05, heartbeat_seconds=0.2),
+        settings = with_fake(
+            db_url, server.base_url, concurrency=3, poll_seconds=0.05, heartbeat_seconds=0.2
         )
         await submit(engine, yaml_job(tmp_path, 10), settings, endpoint="fake")
         worker = Worker(engine, settings)
@@ -77,14 +73,11 @@ async def test_results_arriving_after_a_cancel_are_logged_as_discarded_not_succe
         return Reply(body=completion(req.json))
 
     with fake_server(held) as server:
-        base = load_settings(database_url=db_url)
-        fake = EndpointConfig(name="fake", type="openai", base_url=server.base_url, timeout=30)
-        settings = replace(
-            base,
-            endpoints={**base.endpoints, "fake": fake},
-            # A heartbeat far away: the answers arrive first.
-            worker=WorkerConfig(concurrency=3, poll_seconds=0.05, heartbeat_seconds=60),
-        )
+        # A heartbeat far away: the answers arrive first.
+        settings = with_fake(
+            db_url, server.base_url, timeout=30, concurrency=3, poll_seconds=0.05,
+            heartbeat_seconds=60,
+        )  # fmt: skip
         await submit(engine, yaml_job(tmp_path, 3), settings, endpoint="fake")
         worker = Worker(engine, settings)
         async with anyio.create_task_group() as tg:

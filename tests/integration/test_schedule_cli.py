@@ -10,20 +10,12 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
-from runner.db import engine as db
+from tests.helpers import sql
 from tests.replaykit import invoke, write_config
 from tests.schedulekit import nightly_job
 
-
-def query(db_url: str, sql: str) -> list[tuple[object, ...]]:
-    engine = db.create_sync_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(sql))]
-    finally:
-        engine.dispose()
+query = sql
 
 
 def count(db_url: str, table: str) -> int:

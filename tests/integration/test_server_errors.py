@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from runner.cli import main
 from runner.db import engine as db
 from tests.fakeserver import Received, Reply, fake_server
+from tests.helpers import sql
 
 
 def cli(db_url: str, *args: str) -> tuple[int, str, str]:
@@ -31,17 +32,6 @@ def configure(tmp_path: Path, base_url: str, *, concurrency: int = 4) -> Path:
         "vars: {x: [" + ", ".join(f"w{i}" for i in range(20)) + "]}\n"
     )
     return job
-
-
-def sql(db_url: str, query: str) -> list[tuple[object, ...]]:
-    from sqlalchemy import text
-
-    engine = db.create_sync_engine(db_url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(query))]
-    finally:
-        engine.dispose()
 
 
 def test_what_a_server_said_is_stored_and_exported_as_it_said_it(

@@ -7,7 +7,6 @@ database's machine and shares its clock (README, Crash safety)."""
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -15,12 +14,11 @@ import anyio
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runner.config import EndpointConfig, WorkerConfig, load_settings
 from runner.db.types import utcnow
 from runner.submit import submit
 from runner.work import Worker
 from tests.fakeserver import Received, Reply, completion, fake_server
-from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH, rows, wait_for, yaml_job
+from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH, rows, wait_for, with_fake, yaml_job
 
 pytestmark = pytest.mark.anyio
 AHEAD = timedelta(minutes=2)
@@ -42,15 +40,12 @@ async def test_a_worker_whose_clock_runs_ahead_takes_no_live_lease(
         return Reply(body=completion(req.json))
 
     with fake_server(held) as server:
-        base = load_settings(database_url=db_url)
-        fake = EndpointConfig(name="fake", type="openai", base_url=server.base_url, timeout=60)
-        settings = replace(
-            base,
-            endpoints={**base.endpoints, "fake": fake},
-            # A lease shorter than the skew: on its own clock, the fast worker would see
-            # every lease of the healthy one as long expired.
-            worker=WorkerConfig(concurrency=10, poll_seconds=0.05, lease_seconds=60),
-        )
+        # A lease shorter than the skew: on its own clock, the fast worker would see
+        # every lease of the healthy one as long expired.
+        settings = with_fake(
+            db_url, server.base_url, timeout=60, concurrency=10, poll_seconds=0.05,
+            lease_seconds=60,
+        )  # fmt: skip
         await submit(engine, yaml_job(tmp_path, 10), settings, endpoint="fake")
         healthy = Worker(engine, settings)
         fast = Worker(engine, settings, clock=ahead, machine_clock=ahead, scheduler=False)
