@@ -23,8 +23,8 @@ owned by the role ``seed_runner_reader``:
 ``runner db upgrade`` (``ensure_reader``) creates the role once per cluster (roles are
 cluster-wide; two upgrades racing are fine), and in each database the grants and the
 function. Only a superuser can make a function owned by another role without being a
-member of it, so the first upgrade of a database must run as a superuser; later
-upgrades by the owner only renew the grants.
+member of it, so the first upgrade of a database must run as a superuser (it also
+repairs a changed function); later upgrades by the owner only renew the grants.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ $$
 """
 
 _FUNCTION = """
-CREATE FUNCTION {name}(query text) RETURNS SETOF record
+CREATE OR REPLACE FUNCTION {name}(query text) RETURNS SETOF record
 LANGUAGE plpgsql STABLE SECURITY DEFINER AS $$
 BEGIN
     RETURN QUERY EXECUTE query;
@@ -101,7 +101,7 @@ def ensure_reader(connection: Connection) -> None:
     connection.execute(text(f"GRANT USAGE ON SCHEMA {quote(str(schema))} TO {READER}"))
     relations = ", ".join(quote(name) for name in readable())
     connection.execute(text(f"GRANT SELECT ON {relations} TO {READER}"))
-    if not exists:
+    if superuser:  # (again: an upgrade repairs a function someone changed)
         connection.execute(text(_FUNCTION.format(name=function)))
         connection.execute(text(f"ALTER FUNCTION {function}(text) OWNER TO {READER}"))
         # Whoever may call it reads the tables: the upgrading role, and whom it grants.
