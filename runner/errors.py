@@ -64,3 +64,11 @@ class ScheduleError(RunnerError):
     """Invalid schedule: check the cron expression, time zone and name."""
 
     exit_code = 2
+
+
+class StoppedError(RunnerError):
+    """Stopped by a signal before the end: nothing was left running."""
+
+    def __init__(self, signum: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum  # the shell's convention: 130 for Ctrl-C

@@ -1,17 +1,24 @@
 """`runner sql`: one statement of a user's SQL, run read-only, printed as a table, CSV or JSON.
 
-The database refuses writes (runner.db.readonly); this module only reads the
-statement (an argument, a file, or stdin) and hands the rows to runner.tabular.
+The database refuses writes, and on PostgreSQL runs the statement as a role that can
+only read (runner.db.readonly, runner.db.reader); this module reads the statement (an
+argument, a file, or stdin), bounds it in time, stops it on SIGINT or SIGTERM, and
+hands the rows to runner.tabular.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import TextIO
 
 from runner.db.readonly import open_readonly
-from runner.errors import RunnerError
+from runner.errors import RunnerError, StoppedError
 from runner.tabular import write_rows
 
 
@@ -28,8 +35,47 @@ def read_statement(statement: str | None, path: Path | None) -> str:
     return statement
 
 
-def run_sql(url: str, statement: str, fmt: str, out: TextIO, *, color: bool, width: int) -> int:
-    """Run ``statement`` read-only and write its rows to ``out``; returns the row count."""
-    with open_readonly(url) as ro:
+DEFAULT_TIMEOUT = 30.0
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def _stoppable() -> Iterator[None]:
+    """SIGTERM stops the statement as Ctrl-C does, with a KeyboardInterrupt: psycopg
+    answers it with a cancel request to the server, and SQLite's progress handler
+    (runner.db.readonly) with stopping the statement. Left unhandled, SIGTERM would end
+    the process and leave the PostgreSQL backend running the query."""
+    received: list[int] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, stop) for s in _SIGNALS} if main else {}
+    try:
+        yield
+    except KeyboardInterrupt:
+        signum = received[0] if received else signal.SIGINT
+        name = signal.Signals(signum).name
+        raise StoppedError(signum, f"stopped by {name}: the statement was cancelled") from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def run_sql(
+    url: str,
+    statement: str,
+    fmt: str,
+    out: TextIO,
+    *,
+    color: bool,
+    width: int,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> int:
+    """Run ``statement`` read-only, for at most ``timeout`` seconds, and write its rows to
+    ``out``; returns the row count."""
+    with _stoppable(), open_readonly(url, timeout=timeout) as ro:
         result = ro.query(statement)
         return write_rows(fmt, out, result.columns, result.rows, color=color, width=width)

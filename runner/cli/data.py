@@ -41,13 +41,26 @@ def _stdout_pipe(write: Callable[[], T]) -> T:
     tabular.FORMATS,
     help="table for people; csv, json (an array of objects) or jsonl (an object a line).",
 )
+@click.option(
+    "--timeout",
+    envvar="RUNNER_SQL_TIMEOUT",
+    type=click.FloatRange(min=0, min_open=True),
+    default=sql.DEFAULT_TIMEOUT,
+    show_envvar=True,
+    help="Stop the statement after this many seconds (on PostgreSQL, also a lock wait "
+    "after at most 5).",
+)
 @pass_context
-def sql_cmd(obj: Context, statement: str | None, statement_file: Path | None, fmt: str) -> None:
-    """Run one SQL statement, read-only, and print its rows.
+def sql_cmd(
+    obj: Context, statement: str | None, statement_file: Path | None, fmt: str, timeout: float
+) -> None:
+    """Run one SQL query, read-only, and print its rows.
 
-    The database refuses writes: SQLite is opened read-only, PostgreSQL runs the
-    statement in a READ ONLY transaction. Besides the tables, the views run_results,
-    fingerprint_history and round_summary answer most questions (docs/schema.md):
+    The database refuses writes: SQLite is opened read-only; PostgreSQL runs the query
+    in a READ ONLY transaction as the role seed_runner_reader, which may only read
+    seed-runner's tables and views (`runner db upgrade` creates it). Ctrl-C or SIGTERM
+    cancels it. Besides the tables, the views run_results, fingerprint_history and
+    round_summary answer most questions (docs/schema.md):
 
     \b
       runner sql "SELECT * FROM round_summary WHERE batch_id = 1"
@@ -63,7 +76,13 @@ def sql_cmd(obj: Context, statement: str | None, statement_file: Path | None, fm
     color, width = _terminal()
     _stdout_pipe(
         lambda: sql.run_sql(
-            obj.settings.database_url, text, fmt, sys.stdout, color=color, width=width
+            obj.settings.database_url,
+            text,
+            fmt,
+            sys.stdout,
+            color=color,
+            width=width,
+            timeout=timeout,
         )
     )
 

@@ -38,6 +38,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, StaticPool
 
+from runner.db.reader import ensure_reader
 from runner.errors import ConfigError, DatabaseError
 
 T = TypeVar("T")
@@ -242,7 +243,11 @@ def current_revision(connection: Connection) -> str | None:
 
 
 def upgrade(url: str, revision: str = "head") -> tuple[str | None, str]:
-    """Run migrations up to ``revision``; returns (revision before, revision after)."""
+    """Run migrations up to ``revision``; returns (revision before, revision after).
+
+    At the head revision on PostgreSQL, also sets up the role `runner sql` reads as
+    (runner.db.reader), in the same transaction.
+    """
     engine = create_sync_engine(url)
     try:
         with engine.begin() as connection:
@@ -251,6 +256,8 @@ def upgrade(url: str, revision: str = "head") -> tuple[str | None, str]:
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
             after = current_revision(connection)
+            if connection.dialect.name == "postgresql" and after == head_revision():
+                ensure_reader(connection)
     except SQLAlchemyError as exc:
         raise DatabaseError(f"migration failed on {safe_url(url)}: {reason(exc, url)}") from exc
     finally:

@@ -78,17 +78,16 @@ WRITES = {
         "CREATE SEQUENCE evil",
         "GRANT ALL ON runs TO PUBLIC",
         "COMMENT ON TABLE runs IS 'evil'",
+        "ANALYZE",
+        "LOCK TABLE runs IN ACCESS EXCLUSIVE MODE",
     ],
 }
 
 
-# PostgreSQL runs these in a READ ONLY transaction: they refresh planner statistics,
-# take a lock, or create a large object that the rollback ending every `runner sql`
-# removes. No row and no schema changes (the snapshot comparison checks that).
-HARMLESS = {
-    "sqlite": [],
-    "postgresql": ["ANALYZE", "LOCK TABLE runs IN ACCESS EXCLUSIVE MODE", "SELECT lo_create(0)"],
-}
+# PostgreSQL runs this in a READ ONLY transaction: it creates a large object that the
+# rollback ending every `runner sql` removes. No row and no schema changes (the
+# snapshot comparison checks that).
+HARMLESS = {"sqlite": [], "postgresql": ["SELECT lo_create(0)"]}
 
 
 def invoke(db_url: str, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
@@ -143,8 +142,15 @@ async def test_the_refusal_is_the_database_speaking(db_url: str) -> None:
         # The authorizer denies it while SQLite prepares the statement.
         assert err.startswith("error: not authorized (this connection is read-only")
     else:
-        assert err.strip() == "error: cannot execute DELETE in a read-only transaction"
+        # Parsed only, never run: it returns no rows.
+        assert err.strip() == (
+            "error: runner sql runs one statement that returns rows "
+            "(SELECT, WITH, VALUES or TABLE) and reads only"
+        )
     assert code == 1
+    if backend(db_url) == "postgresql":
+        code, _, err = invoke(db_url, "sql", "DELETE FROM runs RETURNING id")
+        assert (code, err.strip()) == (1, "error: DELETE is not allowed: runner sql only reads")
     code, _, err = invoke(db_url, "sql", "SELECT 1; DELETE FROM runs")
     assert code == 1 and err.strip() in (
         "error: You can only execute one statement at a time.",
