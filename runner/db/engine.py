@@ -18,6 +18,7 @@ than to hand to a thread and wait a whole event-loop pass for each of its round 
 
 from __future__ import annotations
 
+import logging
 import random
 import sqlite3
 import time
@@ -42,6 +43,7 @@ from runner.db.reader import ensure_reader
 from runner.errors import ConfigError, DatabaseError
 
 T = TypeVar("T")
+log = logging.getLogger("runner.db")
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 # An InlineSQLite blocks its event loop at most this long for the lock, then yields.
 INLINE_BUSY_TIMEOUT_MS = 5
@@ -257,7 +259,9 @@ def upgrade(url: str, revision: str = "head") -> tuple[str | None, str]:
             command.upgrade(config, revision)
             after = current_revision(connection)
             if connection.dialect.name == "postgresql" and after == head_revision():
-                ensure_reader(connection)
+                missing = ensure_reader(connection)
+                if missing:
+                    log.warning("%s", missing)
     except SQLAlchemyError as exc:
         raise DatabaseError(f"migration failed on {safe_url(url)}: {reason(exc, url)}") from exc
     finally:

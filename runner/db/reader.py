@@ -24,7 +24,9 @@ owned by the role ``seed_runner_reader``:
 cluster-wide; two upgrades racing are fine), and in each database the grants and the
 function. Only a superuser can make a function owned by another role without being a
 member of it, so the first upgrade of a database must run as a superuser (it also
-repairs a changed function); later upgrades by the owner only renew the grants.
+repairs a changed function); later upgrades by the owner only renew the grants. An
+upgrade by another role still migrates the schema, and says that `runner sql` is not
+set up yet (it refuses to run until it is).
 """
 
 from __future__ import annotations
@@ -65,13 +67,27 @@ $$
 """
 
 
+_OWNERS = """
+SELECT DISTINCT r.rolname FROM pg_roles r
+WHERE r.oid IN (
+    (SELECT datdba FROM pg_database WHERE datname = current_database()),
+    (SELECT relowner FROM pg_class WHERE oid = to_regclass('runs'))
+) AND NOT r.rolsuper
+"""
+
+
 def readable() -> list[str]:
     """The tables and views ``seed_runner_reader`` may read: the documented ones."""
     return sorted(Base.metadata.tables) + list(VIEWS)
 
 
-def ensure_reader(connection: Connection) -> None:
-    """Create (or renew) the reader role, its grants and ``runner_sql`` in this database."""
+def ensure_reader(connection: Connection) -> str | None:
+    """Create (or renew) the reader role, its grants and ``runner_sql`` in this database.
+
+    Returns why `runner sql` cannot be used on this database yet, if it cannot: the
+    first set-up needs a superuser, and a non-superuser's upgrade must not fail for it
+    (the queue does not need `runner sql`).
+    """
     quote = connection.dialect.identifier_preparer.quote
     schema = connection.scalar(text("SELECT current_schema()"))
     function = f"{quote(str(schema))}.{FUNCTION}"
@@ -81,11 +97,15 @@ def ensure_reader(connection: Connection) -> None:
     exists = connection.scalar(
         text("SELECT to_regprocedure(:f) IS NOT NULL"), {"f": f"{function}(text)"}
     )
-    if not exists and not superuser:
-        raise DatabaseError(
-            f"`runner sql` runs users' SQL as the role {READER} through the function "
-            f"{FUNCTION}, which only a superuser can set up: run `runner db upgrade` once "
-            "as a superuser (--db postgresql://postgres@HOST/DB); later upgrades need not"
+    role = connection.scalar(
+        text("SELECT count(*) FROM pg_roles WHERE rolname = :name"), {"name": READER}
+    )
+    if not superuser and not (exists and role):
+        return (
+            f"`runner sql` is not set up on this database: it runs users' SQL as the role "
+            f"{READER} through the function {FUNCTION}(), which only a superuser can set "
+            "up; run `runner db upgrade` once as a superuser (later upgrades need not). "
+            "Everything else works without it"
         )
     if superuser:
         connection.execute(text(_CREATE_ROLE))
@@ -107,3 +127,10 @@ def ensure_reader(connection: Connection) -> None:
         # Whoever may call it reads the tables: the upgrading role, and whom it grants.
         connection.execute(text(f"REVOKE ALL ON FUNCTION {function}(text) FROM PUBLIC"))
         connection.execute(text(f"GRANT EXECUTE ON FUNCTION {function}(text) TO CURRENT_USER"))
+        # And the roles that own the database and its tables (they read them anyway): an
+        # application role that later upgrades and queries it without being a superuser.
+        for owner in connection.execute(text(_OWNERS)).scalars():
+            connection.execute(
+                text(f"GRANT EXECUTE ON FUNCTION {function}(text) TO {quote(str(owner))}")
+            )
+    return None

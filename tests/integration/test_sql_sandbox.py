@@ -161,3 +161,42 @@ def test_a_missing_or_changed_reader_function_is_refused_until_upgrade(db_url: s
     db.upgrade(db_url)  # at head already: renews the role, grants and function
     code, out, _ = invoke(db_url, "sql", "SELECT 1 AS n", "--format", "csv")
     assert (code, out) == (0, "n\n1\n")
+
+
+@pytest.mark.parametrize("empty_db_url", ["postgresql"], indirect=True)
+def test_an_upgrade_by_a_non_superuser_migrates_and_says_runner_sql_is_not_set_up(
+    empty_db_url: str, tmp_path: Path
+) -> None:
+    """Managed PostgreSQL services rarely hand out a superuser: the queue must not need one."""
+    owner = f"seedrunner_owner_{uuid.uuid4().hex[:8]}"
+    name = make_url(empty_db_url).database
+    with sync_engine(empty_db_url) as engine, engine.begin() as conn:
+        conn.execute(text(f'CREATE ROLE "{owner}" LOGIN'))
+        conn.execute(text(f'ALTER DATABASE "{name}" OWNER TO "{owner}"'))
+        conn.execute(text(f'ALTER SCHEMA public OWNER TO "{owner}"'))
+    as_owner = make_url(empty_db_url).set(username=owner).render_as_string(hide_password=False)
+    try:
+        code, out, err = invoke(as_owner, "db", "upgrade")
+        assert code == 0, err
+        assert "`runner sql` is not set up on this database" in err
+        assert "as a superuser" in err
+        # The queue works; runner sql says what to do, in one line.
+        (tmp_path / "j.yaml").write_text(
+            "model: m\nseed: 1\nmessages: [{role: user, content: hi}]\n"
+        )
+        code, _, err = invoke(as_owner, "run", "--quiet", str(tmp_path / "j.yaml"))
+        assert code == 0, err
+        err = refused(as_owner, "SELECT count(*) FROM runs")
+        assert f"no {FUNCTION}() function" in err and "superuser" in err
+        # Once set up by a superuser, the owner's own upgrades keep it.
+        db.upgrade(empty_db_url)
+        code, _, err = invoke(as_owner, "db", "upgrade")
+        assert code == 0 and "not set up" not in err, err
+        code, out, _ = invoke(as_owner, "sql", "SELECT count(*) AS n FROM runs", "--format", "csv")
+        assert (code, out) == (0, "n\n1\n")
+    finally:
+        with sync_engine(empty_db_url) as engine, engine.begin() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" OWNER TO CURRENT_USER'))
+            conn.execute(text(f'REASSIGN OWNED BY "{owner}" TO CURRENT_USER'))
+            conn.execute(text(f'DROP OWNED BY "{owner}"'))
+            conn.execute(text(f'DROP ROLE "{owner}"'))
