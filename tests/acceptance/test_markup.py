@@ -22,13 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from runner.cli import main
 from runner.cron import parse_cron
 from runner.db.types import utcnow
 from tests.fakeserver import Received, Reply, completion, fake_server
-from tests.helpers import on_terminal
+from tests.helpers import in_process, on_terminal
 
 RUNNER = [sys.executable, "-m", "runner"]
 TIMEOUT = 120
@@ -95,12 +93,9 @@ def verbatim(out: str, *expected: str) -> None:
         assert bad not in out, out[-3000:]
 
 
-def invoke(db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """One command in-process (the working directory holds runner.toml), as ``cli`` returns it."""
-    result = CliRunner().invoke(main, ["--db", db_url, *args], env=SCREEN)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception  # CliRunner keeps a traceback off its output: fail with it
-    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+def invoke(tmp_path: Path, db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """One command in this process, output not a terminal, as ``cli`` returns it."""
+    return in_process("--db", db_url, *args, cwd=tmp_path, env=SCREEN)
 
 
 def ok(result: subprocess.CompletedProcess[str], code: int = 0) -> str:
@@ -128,10 +123,7 @@ def watch_until_sigint(tmp_path: Path, db_url: str) -> str:
 
 
 @pytest.mark.timeout(300)  # six commands, each a new Python process, on a loaded machine
-def test_markup_and_emoji_codes_in_user_text_print_as_written(
-    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_markup_and_emoji_codes_in_user_text_print_as_written(tmp_path: Path, db_url: str) -> None:
     with fake_server(reply) as server:
         (tmp_path / "runner.toml").write_text(
             f'[endpoints.fake]\ntype = "openai"\nbase_url = "{server.base_url}"\n'
@@ -149,12 +141,12 @@ def test_markup_and_emoji_codes_in_user_text_print_as_written(
             "10/10 done: 5 succeeded, 5 failed",
         )
         # Round 2 on the fake provider, a burst worker on a terminal: the live display.
-        ok(invoke(db_url, "replay", "1", "--endpoint", "fake"))
+        ok(invoke(tmp_path, db_url, "replay", "1", "--endpoint", "fake"))
         code, screen = terminal(tmp_path, db_url, "work", "--burst", *one)
         assert code == 0, screen[-3000:]
         verbatim(screen, f"1 {NAME}", "10/10", "worker done: 10 succeeded")
         # Round 3 on the fake provider, a burst worker not on a terminal.
-        ok(invoke(db_url, "replay", "1", "--endpoint", "fake"))
+        ok(invoke(tmp_path, db_url, "replay", "1", "--endpoint", "fake"))
         out = ok(cli(tmp_path, db_url, "work", "--burst", *one))
         verbatim(out, f"batch 1 {NAME} round 3: 10/10 done (100%)")
         # Batch 2, the same jobs and name without the schedule: `runner run` on a terminal.
@@ -165,13 +157,13 @@ def test_markup_and_emoji_codes_in_user_text_print_as_written(
         verbatim(screen, f"2 {NAME}", "10/10", "10/10 done: 5 succeeded, 5 failed")
         # A scheduled round (4) of batch 1 and its drift report (against round 3).
         tick = parse_cron("0 3 * * *").next_after(utcnow()).isoformat()
-        out = ok(invoke(db_url, "schedule", "run-due", "--now", tick, "--work"))
+        out = ok(invoke(tmp_path, db_url, "schedule", "run-due", "--now", tick, "--work"))
         verbatim(out, f"schedule {SCHEDULE}: tick", "batch 1 round 4", "drift report 1: failures")
         # Rounds 5 and 6 on the fake provider.
-        verified = ok(invoke(db_url, "verify", "1", "--times", "2", "--endpoint", "fake"))
+        verified = ok(invoke(tmp_path, db_url, "verify", "1", "--times", "2", "--endpoint", "fake"))
         verbatim(verified, NAME, MODEL, FINGERPRINT, *KEYS)
 
-    counts = json.loads(ok(invoke(db_url, "status", "--format", "json")))
+    counts = json.loads(ok(invoke(tmp_path, db_url, "status", "--format", "json")))
     assert [(b["id"], r["number"], r["counts"]) for b in counts for r in b["rounds"]] == [
         *((batch, n, {"failed": 5, "succeeded": 5}) for batch, n in ((2, 1), (1, 1))),
         *((1, n, {"succeeded": 10}) for n in (2, 3)),
@@ -179,7 +171,7 @@ def test_markup_and_emoji_codes_in_user_text_print_as_written(
         *((1, n, {"succeeded": 10}) for n in (5, 6)),
     ], counts  # every round of both batches ran to its end
 
-    status = ok(invoke(db_url, "status", "1"))
+    status = ok(invoke(tmp_path, db_url, "status", "1"))
     verbatim(status, f"batch 1 {NAME}  (10 jobs", "runner.toml [prices]", FINGERPRINT)
     verbatim(watch_until_sigint(tmp_path, db_url), f"batch 1 {NAME}", "runner.toml [prices]")
     code, screen = terminal(
@@ -188,22 +180,22 @@ def test_markup_and_emoji_codes_in_user_text_print_as_written(
     )  # fmt: skip
     assert code == 0, screen[-3000:]
     verbatim(screen, f"batch 1 {NAME}", "runner.toml [prices]")
-    verbatim(ok(invoke(db_url, "batches")), f"1  {NAME}", f"2  {NAME}")
+    verbatim(ok(invoke(tmp_path, db_url, "batches")), f"1  {NAME}", f"2  {NAME}")
 
     failed, good = KEYS[1], KEYS[0]
-    verbatim(ok(invoke(db_url, "show", "1", failed, "--round", "1")), failed, NAME, ERROR)
+    verbatim(ok(invoke(tmp_path, db_url, "show", "1", failed, "--round", "1")), failed, NAME, ERROR)
     verbatim(
-        ok(invoke(db_url, "show", "1", good, "--round", "2")),
+        ok(invoke(tmp_path, db_url, "show", "1", good, "--round", "2")),
         good, MODEL, FINGERPRINT, f"{OUTPUT} A",
     )  # fmt: skip
 
-    compared = ok(invoke(db_url, "compare", "1", "--rounds", "1", "2", "--top", "10"))
+    compared = ok(invoke(tmp_path, db_url, "compare", "1", "--rounds", "1", "2", "--top", "10"))
     verbatim(compared, NAME, f"{FINGERPRINT} x10", *KEYS)
-    verbatim(ok(invoke(db_url, "diff", "1", good, "--rounds", "2", "3")), good, OUTPUT)
-    verbatim(ok(invoke(db_url, "diff", "1", failed, "--rounds", "1", "2")), failed, ERROR)
+    verbatim(ok(invoke(tmp_path, db_url, "diff", "1", good, "--rounds", "2", "3")), good, OUTPUT)
+    verbatim(ok(invoke(tmp_path, db_url, "diff", "1", failed, "--rounds", "1", "2")), failed, ERROR)
 
-    verbatim(ok(invoke(db_url, "schedule", "list")), SCHEDULE, f"1 ({NAME})")
-    verbatim(ok(invoke(db_url, "drift")), SCHEDULE, FINGERPRINT)
+    verbatim(ok(invoke(tmp_path, db_url, "schedule", "list")), SCHEDULE, f"1 ({NAME})")
+    verbatim(ok(invoke(tmp_path, db_url, "drift")), SCHEDULE, FINGERPRINT)
     # `runner sql` table output: one column of every kind of stored user text.
     texts = {"batch_name": "run_id = 1", "job_key": "round_number = 1 AND batch_id = 1",
              "model": "run_id = 1", "error_message": "run_id = 2", "output": "run_id = 11",
@@ -211,5 +203,5 @@ def test_markup_and_emoji_codes_in_user_text_print_as_written(
     union = " UNION ALL ".join(
         f"SELECT {c} AS v FROM run_results WHERE {w}" for c, w in texts.items()
     )
-    table = ok(invoke(db_url, "sql", union))
+    table = ok(invoke(tmp_path, db_url, "sql", union))
     verbatim(table, NAME, *KEYS, MODEL, ERROR, f"{OUTPUT} A", FINGERPRINT, "(15 rows)")
