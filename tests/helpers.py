@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import re
@@ -10,15 +11,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import anyio
+from click.testing import CliRunner
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from runner.cli import main
 from runner.config import EndpointConfig, Settings, WorkerConfig, load_settings
 from runner.db import engine as db
 from runner.submit import Submitted, submit
@@ -72,6 +75,23 @@ WHERE r.reused_from_run_id IS NULL AND (
     SELECT count(*) FROM attempts a WHERE a.run_id = r.id AND a.outcome = 'succeeded'
 ) <> CASE WHEN r.state = 'succeeded' THEN 1 ELSE 0 END
 """
+
+
+def in_process(
+    *args: str, cwd: Path, env: Mapping[str, str | None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``runner ARGS`` in this process (click's CliRunner), as ``subprocess.run`` returns it.
+
+    For the commands of an acceptance test that need not be a process of their own: a new
+    Python process costs 1-3 s. The output is not a terminal, as with a pipe. ``env``
+    adds variables (None removes one). An exception other than an exit fails the test
+    with its traceback, which CliRunner would keep off the output.
+    """
+    with contextlib.chdir(cwd):
+        result = CliRunner().invoke(main, list(args), env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
 def on_terminal(

@@ -14,7 +14,7 @@ from pathlib import Path
 import openai
 
 from tests.fakeserver import Reply, completion, fake_server
-from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH
+from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH, in_process
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = [sys.executable, "-m", "runner"]
@@ -52,7 +52,7 @@ def test_quickstart_runs_offline_and_stores_everything(tmp_path: Path) -> None:
         assert state == "succeeded" and seed in (1, 2) and output
         assert prompt > 0 and completion_ > 0 and total == prompt + completion_
         assert fingerprint.startswith("fp_")
-    shown = run("show", "quickstart", "topic=ocean tides/seed=1", cwd=tmp_path)
+    shown = in_process("show", "quickstart", "topic=ocean tides/seed=1", cwd=tmp_path)
     assert shown.returncode == 0 and "state: succeeded" in shown.stdout
     assert "seed: 1" in shown.stdout and "--- output ---" in shown.stdout
 
@@ -75,7 +75,7 @@ def test_python_dash_m_and_help_show_env_vars(tmp_path: Path) -> None:
     result = run("work", "--help", cwd=tmp_path)
     assert result.returncode == 0
     assert "RUNNER_WORK_CONCURRENCY" in result.stdout and "--burst" in result.stdout
-    top = run("--help", cwd=tmp_path)
+    top = in_process("--help", cwd=tmp_path)
     assert "RUNNER_DATABASE_URL" in top.stdout
 
 
@@ -91,7 +91,7 @@ def test_sigterm_stops_gracefully_and_a_second_signal_stops_at_once(tmp_path: Pa
             "model: m\nendpoint: fake\nmessages: [{role: user, content: '{x}'}]\n"
             "vars: {x: [" + ", ".join(str(i) for i in range(40)) + "]}\n"
         )
-        assert run("submit", str(job), cwd=tmp_path).returncode == 0
+        assert in_process("submit", str(job), cwd=tmp_path).returncode == 0
         env = {**os.environ, "RUNNER_WORK_CONCURRENCY": "4"}
         proc = subprocess.Popen(
             [*RUNNER, "--log-level", "info", "work"],
@@ -142,15 +142,17 @@ def test_sigterm_stops_gracefully_and_a_second_signal_stops_at_once(tmp_path: Pa
 
 def test_postgres_needs_db_upgrade_then_runs(tmp_path: Path, empty_db_url: str) -> None:
     job = str(ROOT / "jobs" / "quickstart.yaml")
-    first = run("--db", empty_db_url, "run", job, cwd=tmp_path)
     if empty_db_url.startswith("postgresql"):
-        assert first.returncode == 1
-        assert "run `runner db upgrade` first" in first.stderr
-        upgraded = run("db", "upgrade", cwd=tmp_path, env={"RUNNER_DATABASE_URL": empty_db_url})
+        refused = in_process("--db", empty_db_url, "run", job, cwd=tmp_path)
+        assert refused.returncode == 1
+        assert "run `runner db upgrade` first" in refused.stderr
+        upgraded = in_process(
+            "db", "upgrade", cwd=tmp_path, env={"RUNNER_DATABASE_URL": empty_db_url}
+        )
         assert upgraded.returncode == 0 and "schema upgraded from empty to" in upgraded.stdout
-        first = run("--db", empty_db_url, "run", job, cwd=tmp_path)
+    first = run("--db", empty_db_url, "run", job, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    status = run("--db", empty_db_url, "status", "quickstart", cwd=tmp_path)
+    status = in_process("--db", empty_db_url, "status", "quickstart", cwd=tmp_path)
     assert "6/6 done: 6 succeeded" in status.stdout
 
 
@@ -201,7 +203,7 @@ def test_a_worker_that_shows_as_registered_stops_gracefully_on_sigterm(tmp_path:
     # Operators and scripts take a row in `workers` as "up": from then on SIGTERM must be
     # a graceful stop (exit 0), never the default kill of a process without its handler.
     (tmp_path / "runner.toml").write_text("[worker]\npoll_seconds = 0.05\n")
-    assert run("db", "upgrade", cwd=tmp_path).returncode == 0
+    assert in_process("db", "upgrade", cwd=tmp_path).returncode == 0
     for _ in range(3):
         proc = subprocess.Popen(
             [*RUNNER, "work", "--quiet"], cwd=tmp_path, stderr=subprocess.PIPE, text=True

@@ -5,6 +5,10 @@ A batch named ``nightly [/data/prompts.jsonl] …`` once made every worker exit 
 ``runner.toml [prices]``. Names, keys, models, errors, outputs and fingerprints must
 print exactly as stored, on a terminal (a pseudo-terminal as stderr: the live display)
 and not, and nothing may crash.
+
+The workers (piped and on a pseudo-terminal) and ``status --watch`` stopped by SIGINT run
+as separate processes; every other command runs in-process through click's CliRunner,
+whose output, like a pipe, is not a terminal (a new Python process costs 1-3 s).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import pytest
 from runner.cron import parse_cron
 from runner.db.types import utcnow
 from tests.fakeserver import Received, Reply, completion, fake_server
-from tests.helpers import on_terminal
+from tests.helpers import in_process, on_terminal
 
 RUNNER = [sys.executable, "-m", "runner"]
 TIMEOUT = 120
@@ -58,12 +62,15 @@ def reply(req: Received, n: int) -> Reply:
     return Reply(body=body)
 
 
+SCREEN = {"COLUMNS": "250", "LINES": "50", "TERM": "xterm-256color"}
+
+
 def env() -> dict[str, str]:
-    return {**os.environ, "COLUMNS": "250", "LINES": "50", "TERM": "xterm-256color"}
+    return {**os.environ, **SCREEN}
 
 
 def cli(tmp_path: Path, db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """One command, stdout and stderr piped (not a terminal)."""
+    """One command in its own process, stdout and stderr piped (not a terminal)."""
     return subprocess.run(
         [*RUNNER, "--db", db_url, *args], cwd=tmp_path, env=env(), capture_output=True,
         text=True, timeout=TIMEOUT, check=False,
@@ -84,6 +91,11 @@ def verbatim(out: str, *expected: str) -> None:
         assert text in out, f"{text!r} not shown as written in:\n{out[-3000:]}"
     for bad in ("Traceback", "MarkupError", *EMOJI):
         assert bad not in out, out[-3000:]
+
+
+def invoke(tmp_path: Path, db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """One command in this process, output not a terminal, as ``cli`` returns it."""
+    return in_process("--db", db_url, *args, cwd=tmp_path, env=SCREEN)
 
 
 def ok(result: subprocess.CompletedProcess[str], code: int = 0) -> str:
@@ -110,7 +122,7 @@ def watch_until_sigint(tmp_path: Path, db_url: str) -> str:
     return "".join(lines) + out + err
 
 
-@pytest.mark.timeout(400)  # some 20 commands, each a new Python process, on a loaded machine
+@pytest.mark.timeout(300)  # six commands, each a new Python process, on a loaded machine
 def test_markup_and_emoji_codes_in_user_text_print_as_written(tmp_path: Path, db_url: str) -> None:
     with fake_server(reply) as server:
         (tmp_path / "runner.toml").write_text(
@@ -129,12 +141,12 @@ def test_markup_and_emoji_codes_in_user_text_print_as_written(tmp_path: Path, db
             "10/10 done: 5 succeeded, 5 failed",
         )
         # Round 2 on the fake provider, a burst worker on a terminal: the live display.
-        ok(cli(tmp_path, db_url, "replay", "1", "--endpoint", "fake"))
+        ok(invoke(tmp_path, db_url, "replay", "1", "--endpoint", "fake"))
         code, screen = terminal(tmp_path, db_url, "work", "--burst", *one)
         assert code == 0, screen[-3000:]
         verbatim(screen, f"1 {NAME}", "10/10", "worker done: 10 succeeded")
         # Round 3 on the fake provider, a burst worker not on a terminal.
-        ok(cli(tmp_path, db_url, "replay", "1", "--endpoint", "fake"))
+        ok(invoke(tmp_path, db_url, "replay", "1", "--endpoint", "fake"))
         out = ok(cli(tmp_path, db_url, "work", "--burst", *one))
         verbatim(out, f"batch 1 {NAME} round 3: 10/10 done (100%)")
         # Batch 2, the same jobs and name without the schedule: `runner run` on a terminal.
@@ -145,13 +157,13 @@ def test_markup_and_emoji_codes_in_user_text_print_as_written(tmp_path: Path, db
         verbatim(screen, f"2 {NAME}", "10/10", "10/10 done: 5 succeeded, 5 failed")
         # A scheduled round (4) of batch 1 and its drift report (against round 3).
         tick = parse_cron("0 3 * * *").next_after(utcnow()).isoformat()
-        out = ok(cli(tmp_path, db_url, "schedule", "run-due", "--now", tick, "--work"))
+        out = ok(invoke(tmp_path, db_url, "schedule", "run-due", "--now", tick, "--work"))
         verbatim(out, f"schedule {SCHEDULE}: tick", "batch 1 round 4", "drift report 1: failures")
         # Rounds 5 and 6 on the fake provider.
-        verified = ok(cli(tmp_path, db_url, "verify", "1", "--times", "2", "--endpoint", "fake"))
+        verified = ok(invoke(tmp_path, db_url, "verify", "1", "--times", "2", "--endpoint", "fake"))
         verbatim(verified, NAME, MODEL, FINGERPRINT, *KEYS)
 
-    counts = json.loads(ok(cli(tmp_path, db_url, "status", "--format", "json")))
+    counts = json.loads(ok(invoke(tmp_path, db_url, "status", "--format", "json")))
     assert [(b["id"], r["number"], r["counts"]) for b in counts for r in b["rounds"]] == [
         *((batch, n, {"failed": 5, "succeeded": 5}) for batch, n in ((2, 1), (1, 1))),
         *((1, n, {"succeeded": 10}) for n in (2, 3)),
@@ -159,7 +171,7 @@ def test_markup_and_emoji_codes_in_user_text_print_as_written(tmp_path: Path, db
         *((1, n, {"succeeded": 10}) for n in (5, 6)),
     ], counts  # every round of both batches ran to its end
 
-    status = ok(cli(tmp_path, db_url, "status", "1"))
+    status = ok(invoke(tmp_path, db_url, "status", "1"))
     verbatim(status, f"batch 1 {NAME}  (10 jobs", "runner.toml [prices]", FINGERPRINT)
     verbatim(watch_until_sigint(tmp_path, db_url), f"batch 1 {NAME}", "runner.toml [prices]")
     code, screen = terminal(
@@ -168,22 +180,22 @@ def test_markup_and_emoji_codes_in_user_text_print_as_written(tmp_path: Path, db
     )  # fmt: skip
     assert code == 0, screen[-3000:]
     verbatim(screen, f"batch 1 {NAME}", "runner.toml [prices]")
-    verbatim(ok(cli(tmp_path, db_url, "batches")), f"1  {NAME}", f"2  {NAME}")
+    verbatim(ok(invoke(tmp_path, db_url, "batches")), f"1  {NAME}", f"2  {NAME}")
 
     failed, good = KEYS[1], KEYS[0]
-    verbatim(ok(cli(tmp_path, db_url, "show", "1", failed, "--round", "1")), failed, NAME, ERROR)
+    verbatim(ok(invoke(tmp_path, db_url, "show", "1", failed, "--round", "1")), failed, NAME, ERROR)
     verbatim(
-        ok(cli(tmp_path, db_url, "show", "1", good, "--round", "2")),
+        ok(invoke(tmp_path, db_url, "show", "1", good, "--round", "2")),
         good, MODEL, FINGERPRINT, f"{OUTPUT} A",
     )  # fmt: skip
 
-    compared = ok(cli(tmp_path, db_url, "compare", "1", "--rounds", "1", "2", "--top", "10"))
+    compared = ok(invoke(tmp_path, db_url, "compare", "1", "--rounds", "1", "2", "--top", "10"))
     verbatim(compared, NAME, f"{FINGERPRINT} x10", *KEYS)
-    verbatim(ok(cli(tmp_path, db_url, "diff", "1", good, "--rounds", "2", "3")), good, OUTPUT)
-    verbatim(ok(cli(tmp_path, db_url, "diff", "1", failed, "--rounds", "1", "2")), failed, ERROR)
+    verbatim(ok(invoke(tmp_path, db_url, "diff", "1", good, "--rounds", "2", "3")), good, OUTPUT)
+    verbatim(ok(invoke(tmp_path, db_url, "diff", "1", failed, "--rounds", "1", "2")), failed, ERROR)
 
-    verbatim(ok(cli(tmp_path, db_url, "schedule", "list")), SCHEDULE, f"1 ({NAME})")
-    verbatim(ok(cli(tmp_path, db_url, "drift")), SCHEDULE, FINGERPRINT)
+    verbatim(ok(invoke(tmp_path, db_url, "schedule", "list")), SCHEDULE, f"1 ({NAME})")
+    verbatim(ok(invoke(tmp_path, db_url, "drift")), SCHEDULE, FINGERPRINT)
     # `runner sql` table output: one column of every kind of stored user text.
     texts = {"batch_name": "run_id = 1", "job_key": "round_number = 1 AND batch_id = 1",
              "model": "run_id = 1", "error_message": "run_id = 2", "output": "run_id = 11",
@@ -191,5 +203,5 @@ def test_markup_and_emoji_codes_in_user_text_print_as_written(tmp_path: Path, db
     union = " UNION ALL ".join(
         f"SELECT {c} AS v FROM run_results WHERE {w}" for c, w in texts.items()
     )
-    table = ok(cli(tmp_path, db_url, "sql", union))
+    table = ok(invoke(tmp_path, db_url, "sql", union))
     verbatim(table, NAME, *KEYS, MODEL, ERROR, f"{OUTPUT} A", FINGERPRINT, "(15 rows)")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tests.fakeserver import Received, Reply, completion, fake_server
-from tests.helpers import on_terminal
+from tests.helpers import in_process, on_terminal
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = [sys.executable, "-m", "runner"]
@@ -54,13 +54,7 @@ def test_run_without_a_terminal_prints_periodic_lines_and_quiet_prints_none(
         assert len(lines) >= 3, result.stderr
         assert "30/30 done (100%)" in lines[-1]
         assert re.search(r"\d+/30 done \(\d+%\) \| [\d.]+ req/s .* in flight .* ETA", lines[1])
-        quiet = subprocess.run(
-            [*RUNNER, "run", "-q", str(job), "--name", "again"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        quiet = in_process("run", "-q", str(job), "--name", "again", cwd=tmp_path)
         assert quiet.returncode == 0 and "done (" not in quiet.stderr
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import openai
 
 from tests.acceptance.test_cli import ROOT, RUNNER, run
+from tests.helpers import in_process
 
 
 def free_port() -> int:
@@ -52,17 +53,20 @@ def test_replay_compare_gate_on_an_updated_backend(tmp_path: Path) -> None:
     )
     try:
         wait_until_serving(port)
-        assert run("run", str(ROOT / "jobs" / "quickstart.yaml"), cwd=tmp_path).returncode == 0
+        done = in_process("run", str(ROOT / "jobs" / "quickstart.yaml"), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
         same = run("replay", "quickstart", "--work", cwd=tmp_path)
         assert same.returncode == 0, same.stderr
-        gate = run("compare", "quickstart", "--fail-under", "100%", cwd=tmp_path)
+        gate = in_process("compare", "quickstart", "--fail-under", "100%", cwd=tmp_path)
         assert gate.returncode == 0, gate.stderr
         assert "exact matches  6/6 (100.0%)" in gate.stdout
 
         moved = run("replay", "quickstart", "--endpoint", "updated", "--work", cwd=tmp_path)
         assert moved.returncode == 0, moved.stderr
         assert "round 3 (replay of all, endpoint updated): 6 runs queued" in moved.stdout
-        gate = run("compare", "quickstart", "--fail-under", "0.9", "--format", "json", cwd=tmp_path)
+        gate = in_process(
+            "compare", "quickstart", "--fail-under", "0.9", "--format", "json", cwd=tmp_path
+        )
         assert gate.returncode == 1
         assert "is under --fail-under 90.0%" in gate.stderr
         summary = json.loads(gate.stdout)["summary"]

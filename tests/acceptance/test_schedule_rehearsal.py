@@ -1,4 +1,5 @@
-"""Rehearsed ticks and burst workers, through the real CLI in subprocesses, on both backends.
+"""Rehearsed ticks and burst workers, through the real CLI, on both backends: the burst
+workers in subprocesses, the other commands in-process.
 
 ``runner schedule run-due --now T`` makes rounds a plain ``runner work --burst`` runs at
 once; a burst worker stores the drift report of every round it finished before it exits;
@@ -18,6 +19,7 @@ from runner.cron import parse_cron
 from runner.db.types import utcnow
 from tests.acceptance.test_schedule_race import sql
 from tests.fakeserver import Received, Reply, completion, fake_server
+from tests.helpers import in_process
 from tests.schedulekit import nightly_job
 
 RUNNER = [sys.executable, "-m", "runner"]
@@ -37,6 +39,11 @@ def runner(tmp_path: Path, db_url: str, *args: str) -> subprocess.CompletedProce
     )
 
 
+def command(tmp_path: Path, db_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """A command that is not a worker, in this process: a new process costs 1-3 s."""
+    return in_process("--db", db_url, *args, cwd=tmp_path)
+
+
 def configure(tmp_path: Path, *extra: str) -> None:
     lines = ["[worker]", "poll_seconds = 0.02", "schedule_seconds = 0.05", "max_attempts = 3"]
     (tmp_path / "runner.toml").write_text("\n".join([*lines, *extra]) + "\n")
@@ -47,9 +54,9 @@ def baseline(tmp_path: Path, db_url: str) -> None:
     configure(tmp_path)
     job = nightly_job(tmp_path, 3, name="b")
     job.write_text(job.read_text().split("schedule:")[0])
-    done = runner(tmp_path, db_url, "run", str(job), "--quiet")
+    done = command(tmp_path, db_url, "run", str(job), "--quiet")
     assert done.returncode == 0, done.stderr
-    added = runner(tmp_path, db_url, "schedule", "add", "nightly", "b", "--cron", "0 3 * * *")
+    added = command(tmp_path, db_url, "schedule", "add", "nightly", "b", "--cron", "0 3 * * *")
     assert added.returncode == 0, added.stderr
 
 
@@ -69,7 +76,7 @@ def test_a_tick_rehearsed_with_run_due_is_run_by_a_plain_burst_worker(
 ) -> None:
     baseline(tmp_path, db_url)
     for number, night in enumerate(nights(2), start=2):
-        due = runner(tmp_path, db_url, "schedule", "run-due", "--now", night)
+        due = command(tmp_path, db_url, "schedule", "run-due", "--now", night)
         assert due.returncode == 0, due.stderr
         assert f"batch 1 round {number}, 3 runs queued" in due.stdout
         work = runner(tmp_path, db_url, "work", "--burst", "--quiet")
@@ -120,7 +127,7 @@ def test_a_burst_worker_says_what_it_waits_for_and_exits_if_it_is_far_away(
                 f"messages: [{{role: user, content: '{name}'}}]\n",
                 encoding="utf-8",
             )
-            submitted = runner(tmp_path, db_url, "submit", f"{name}.yaml")
+            submitted = command(tmp_path, db_url, "submit", f"{name}.yaml")
             assert submitted.returncode == 0, submitted.stderr
             work = runner(tmp_path, db_url, "work", "--burst", "--progress-interval", "0.2")
             if name == "soon":

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import in_process
 from tests.sqlkit import batch_file
 
 RUNNER = [sys.executable, "-m", "runner"]
@@ -22,8 +23,8 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_sql_and_export_stream_to_a_pipe_and_stop_quietly_when_it_closes(tmp_path: Path) -> None:
     keys = tuple(f"request-{i}" for i in range(300))
-    done = run("run", str(batch_file(tmp_path / "batch.jsonl", keys)), "--endpoint", "local",
-               "--quiet", cwd=tmp_path)  # fmt: skip
+    done = in_process("run", str(batch_file(tmp_path / "batch.jsonl", keys)), "--endpoint",
+                      "local", "--quiet", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     counted = run("sql", "SELECT count(*) AS n FROM run_results", "--format", "csv", cwd=tmp_path)
     assert (counted.returncode, counted.stdout) == (0, "n\n300\n")
@@ -41,6 +42,6 @@ def test_sql_and_export_stream_to_a_pipe_and_stop_quietly_when_it_closes(tmp_pat
     assert first["custom_id"] == "request-0" and first["response"]["status_code"] == 200
     assert (code, err) == (1, "")
 
-    whole = run("export", "batch", "--format", "openai-batch", cwd=tmp_path)
+    whole = in_process("export", "batch", "--format", "openai-batch", cwd=tmp_path)
     lines = [json.loads(line) for line in whole.stdout.splitlines()]
     assert [line["custom_id"] for line in lines] == list(keys)
