@@ -11,9 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.acceptance.test_crash_and_race import sql, succeeded
 from tests.fakeserver import Received, Reply, completion, fake_server
-from tests.helpers import yaml_job
+from tests.helpers import sql, succeeded, yaml_job
 
 RUNNER = [sys.executable, "-m", "runner"]
 JOBS = 12
