@@ -199,6 +199,8 @@ class Worker:
                 if self.handle_signals:
                     # Before registering: a registered worker stops gracefully on SIGTERM.
                     await signals.start(self._watch_signals)
+                # Batches of submits that died midway: nobody else deletes them.
+                await queue.discard_stale_batches(self.engine, utcnow())
                 await queue.register_worker(
                     self.engine,
                     self.id,
