@@ -20,6 +20,7 @@ from runner.jobfile.values import (
     MAX_DEPTH,
     dotted,
     max_jobs_problem,
+    name_problem,
     parse_problem,
     text_problem,
     value_problem,
@@ -76,7 +77,7 @@ def _batch_line(path: str, number: int, raw: bytes) -> tuple[str, dict[str, Any]
     problem: tuple[str, str] | None = None
     if not isinstance(body.get("model"), str) or not body["model"]:
         problem = "model", "must be a non-empty string"
-    elif bad_model := text_problem(body["model"]):
+    elif bad_model := name_problem(body["model"]):
         problem = "model", bad_model
     elif not isinstance(messages, list) or not messages:
         problem = "messages", "must be a non-empty list"
@@ -118,10 +119,13 @@ def _jsonl_jobs(path: Path, endpoint: str, sha: Any, max_jobs: int | None) -> It
 def load_jsonl(path: Path, endpoint: str | None, name: str | None, max_jobs: int | None) -> JobFile:
     sha = hashlib.sha256()
     endpoint = endpoint or "openai"
+    name = name or path.stem
+    if problem := name_problem(name):
+        raise JobFileError(str(path), None, "name", problem)
     return JobFile(
         path=path,
         format="openai-batch",
-        name=name or path.stem,
+        name=name,
         endpoint=endpoint,
         max_attempts=None,
         _jobs=_jsonl_jobs(path, endpoint, sha, max_jobs),

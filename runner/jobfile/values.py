@@ -17,6 +17,7 @@ from typing import Any
 
 MAX_DEPTH = 100  # lists and mappings nested in one another, in any value
 INT32_MAX = 2**31 - 1  # integer columns (max_attempts) on PostgreSQL
+NAME_MAX = 200  # characters of batches.name and jobs.model (VARCHAR(200) on PostgreSQL)
 
 Where = tuple[str | int, ...]
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -33,6 +34,13 @@ def text_problem(text: str, *, nul: bool = True) -> str | None:
     if nul and "\x00" in text:
         return "contains a NUL character (\\u0000), which the database cannot store as text"
     return None
+
+
+def name_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a batch name or a model name, or None."""
+    if len(text) > NAME_MAX:
+        return f"must be at most {NAME_MAX} characters, got {len(text)}"
+    return text_problem(text)
 
 
 def value_problem(value: Any, *, json: bool, nul: bool = False) -> tuple[Where, str] | None:

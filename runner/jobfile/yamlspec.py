@@ -31,6 +31,7 @@ from runner.jobfile.values import (
     MAX_DEPTH,
     dotted,
     max_jobs_problem,
+    name_problem,
     parse_problem,
     value_problem,
 )
@@ -246,7 +247,9 @@ def _one_or_many(
 
 
 def _model_problem(value: Any) -> str | None:
-    return None if isinstance(value, str) and value else f"has the wrong type: {value!r}"
+    if not isinstance(value, str) or not value:
+        return f"has the wrong type: {value!r}"
+    return name_problem(value)
 
 
 def _messages(data: Mapping[str, Any], lines: _Lines) -> list[dict[str, Any]]:
@@ -375,6 +378,14 @@ def _params(data: Mapping[str, Any], lines: _Lines) -> dict[str, Any]:
     return {**params, **extra}
 
 
+def _name(data: Mapping[str, Any], lines: _Lines, path: Path, name: str | None) -> str:
+    """The batch name: ``--name``, else the file's ``name:``, else the file name."""
+    name = name or (_string(data, "name", lines) if "name" in data else path.stem)
+    if problem := name_problem(name):
+        lines.fail(("name",), problem)
+    return name
+
+
 def _parse_spec(
     data: Any, lines: _Lines, path: Path, endpoint: str | None, name: str | None
 ) -> _Spec:
@@ -395,7 +406,7 @@ def _parse_spec(
         lines.fail(("description",), "must be a string")
     variables = _variables(data, lines)
     return _Spec(
-        name=name or (_string(data, "name", lines) if "name" in data else path.stem),
+        name=_name(data, lines, path, name),
         endpoint=endpoint or (_string(data, "endpoint", lines) if "endpoint" in data else "local"),
         models=models,
         messages=_messages(data, lines),
