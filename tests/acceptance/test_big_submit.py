@@ -83,9 +83,7 @@ def _batches(db_url: str) -> list[tuple[str, int]]:
     return [(b["name"], b["job_count"]) for b in json.loads(result.stdout)]
 
 
-def test_a_worker_finishes_its_runs_while_a_big_submit_writes(
-    db_url: str, tmp_path: Path
-) -> None:
+def test_a_worker_finishes_its_runs_while_a_big_submit_writes(db_url: str, tmp_path: Path) -> None:
     small = _runner(db_url, "submit", str(_job_file(tmp_path / "small.yaml", SMALL, 1, "small")))
     assert small.returncode == 0, small.stderr
     big = _start_big_submit(db_url, tmp_path, 1000, 300)  # 300,000 jobs

@@ -243,3 +243,28 @@ def test_jsonl_empty_and_unknown_suffix(tmp_path: Path) -> None:
         jobs_of(write(tmp_path, "e.json", "{}"))
     with pytest.raises(JobFileError, match="no such file"):
         jobs_of(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "",
+        "items: [{topic: a, seed: 5}, {topic: b}, {topic: c, seed: 6}]\nvars: {lang: [en, fr]}\n",
+        "models: [m1, m2]\nseeds: [1, 2, 3]\nrepeat: 2\nvars: {topic: [a, b], lang: [en]}\n",
+    ],
+)
+def test_job_count_is_known_before_the_jobs_and_is_theirs(tmp_path: Path, extra: str) -> None:
+    base = "messages: [{role: user, content: '{topic} {lang}'}]\n"
+    if "models" not in extra:
+        base += "model: m\n"
+    if "topic" not in extra:
+        base += "vars: {topic: [a, b, c], lang: [en]}\n"
+    job_file = load_job_file(write(tmp_path, "count.yaml", base + extra))
+    assert job_file.job_count == len(list(job_file.jobs()))
+    with pytest.raises(JobFileError, match="more than max_jobs"):
+        load_job_file(tmp_path / "count.yaml", max_jobs=job_file.job_count - 1)
+
+
+def test_anchors_without_aliases_are_still_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path, "anchor.yaml", "model: &m m1\nmessages: [{role: user, content: hi}]\n")
+    assert [json.loads(j.body)["model"] for j in jobs_of(path)] == ["m1"]
