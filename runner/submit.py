@@ -122,19 +122,24 @@ async def _with_schedule(
         raise JobFileError(str(job_file.path), None, "schedule", exc.message) from None
 
 
+async def _new_batch(conn: AsyncConnection, job_file: JobFile, now: datetime) -> int:
+    """The batch row, pending until ``queue.complete_batch``."""
+    return await queue.insert_batch(
+        conn,
+        name=job_file.name,
+        source_path=str(job_file.path),
+        source_format=job_file.format,
+        submitted_at=now,
+        pending_until=utcnow() + PENDING_FOR,
+    )
+
+
 async def _insert_at_once(
     engine: AsyncEngine, job_file: JobFile, max_attempts: int, now: datetime
 ) -> Submitted:
     """PostgreSQL: the whole submit in one transaction."""
     async with engine.begin() as conn:
-        batch_id = await queue.insert_batch(
-            conn,
-            name=job_file.name,
-            source_path=str(job_file.path),
-            source_format=job_file.format,
-            submitted_at=now,
-            pending_until=utcnow() + PENDING_FOR,
-        )
+        batch_id = await _new_batch(conn, job_file, now)
         # Before the jobs: a taken name fails fast.
         schedule = await _with_schedule(conn, job_file, batch_id, now)
         count = await queue.insert_jobs(conn, (_row(batch_id, job) for job in job_file.jobs()))
@@ -152,14 +157,7 @@ async def _insert_in_chunks(
     """SQLite: a pending batch written in short transactions, then completed (see the
     module's docstring); deleted again if anything fails."""
     async with engine.begin() as conn:
-        batch_id = await queue.insert_batch(
-            conn,
-            name=job_file.name,
-            source_path=str(job_file.path),
-            source_format=job_file.format,
-            submitted_at=now,
-            pending_until=utcnow() + PENDING_FOR,
-        )
+        batch_id = await _new_batch(conn, job_file, now)
         round_id, number = await queue.create_round(conn, batch_id, RoundTrigger.SUBMIT, now)
     try:
         count = 0
