@@ -63,11 +63,31 @@ def _batch_record(path: str, number: int, raw: bytes) -> dict[str, Any]:
         )
     elif not isinstance(record.get("body"), dict):
         problem = "body", "must be a JSON object"
-    elif bad := value_problem(record["body"], json=True):
-        problem = dotted(("body", *bad[0])), bad[1]
+    elif raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:  # else it cannot nest that deep
+        problem = _body_problem(record["body"])
     if problem:
         raise JobFileError(path, number, problem[0], problem[1])
     return record
+
+
+def _body_problem(body: dict[str, Any]) -> tuple[str, str] | None:
+    """Where in ``body`` a value cannot be stored or sent (see ``values``), and why.
+
+    Walking every body would double the cost of reading a file, so this runs only when
+    a cheap test says there may be something to find."""
+    bad = value_problem(body, json=True)
+    return (dotted(("body", *bad[0])), bad[1]) if bad else None
+
+
+def _canonical(path: str, number: int, body: dict[str, Any]) -> tuple[str, str]:
+    """The body's canonical JSON and hash; NaN, Infinity or a lone surrogate, which
+    canonical JSON and UTF-8 refuse, are found and named."""
+    try:
+        text = canonical_json(body)
+        return text, request_hash(text)
+    except (ValueError, UnicodeEncodeError) as exc:
+        problem = _body_problem(body) or ("body", str(exc))
+        raise JobFileError(path, number, problem[0], problem[1]) from None
 
 
 def _batch_line(path: str, number: int, raw: bytes) -> tuple[str, dict[str, Any]]:
@@ -100,7 +120,7 @@ def _jsonl_jobs(path: Path, endpoint: str, sha: Any, max_jobs: int | None) -> It
             if max_jobs is not None and count >= max_jobs:
                 raise JobFileError(str(path), number, None, max_jobs_problem(max_jobs))
             custom_id, body = _batch_line(str(path), number, raw)
-            text = canonical_json(body)
+            text, digest = _canonical(str(path), number, body)
             seed = body.get("seed")
             count += 1
             yield JobSpec(
@@ -108,7 +128,7 @@ def _jsonl_jobs(path: Path, endpoint: str, sha: Any, max_jobs: int | None) -> It
                 endpoint=endpoint,
                 model=body["model"],
                 body=text,
-                request_hash=request_hash(text),
+                request_hash=digest,
                 seed=seed,
                 line=number,
             )

@@ -268,3 +268,15 @@ def test_job_count_is_known_before_the_jobs_and_is_theirs(tmp_path: Path, extra:
 def test_anchors_without_aliases_are_still_accepted(tmp_path: Path) -> None:
     path = write(tmp_path, "anchor.yaml", "model: &m m1\nmessages: [{role: user, content: hi}]\n")
     assert [json.loads(j.body)["model"] for j in jobs_of(path)] == ["m1"]
+
+
+def test_batch_bodies_nested_too_deep_for_our_bound_but_not_for_json(tmp_path: Path) -> None:
+    # 150 levels: json parses them, but our bound (100) refuses them, naming the field.
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    record = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions"}
+    line = json.dumps({**record, "body": {**body, "x": 1}})
+    line = line.replace('"x": 1', '"x": ' + "[" * 150 + "]" * 150)
+    path = write(tmp_path, "deep.jsonl", line + "\n")
+    with pytest.raises(JobFileError, match="nested more than 100 levels deep") as caught:
+        jobs_of(path)
+    assert (caught.value.line, caught.value.field) == (1, "body.x" + "[0]" * 99)
