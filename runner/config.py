@@ -90,6 +90,14 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
+class SubmitConfig:
+    """Bounds of one submit (`runner submit`, `runner run`)."""
+
+    # Jobs one job file may give; a file that would give more is refused, nothing stored.
+    max_jobs: int = 10_000_000
+
+
+@dataclass(frozen=True)
 class Price:
     """What a model costs, in USD per million tokens."""
 
@@ -107,6 +115,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     endpoints: Mapping[str, EndpointConfig] = field(default_factory=dict)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
     config_path: Path | None = None
     # USD per 1M tokens by model name; a model without a price has an unknown cost.
     prices: Mapping[str, Price] = field(default_factory=dict)
@@ -243,6 +252,15 @@ def _parse_worker(raw: Mapping[str, Any], where: str) -> WorkerConfig:
     return replace(defaults, **values)
 
 
+def _parse_submit(raw: Mapping[str, Any], where: str) -> SubmitConfig:
+    _check_keys(raw, {"max_jobs"}, where)
+    if "max_jobs" in raw:
+        return SubmitConfig(
+            max_jobs=_number(raw["max_jobs"], f"{where}.max_jobs", minimum=1, integer=True)
+        )
+    return SubmitConfig()
+
+
 def find_config_file(env: Mapping[str, str], cwd: Path) -> Path | None:
     named = env.get("RUNNER_CONFIG")
     if named:
@@ -273,19 +291,25 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     where = str(path) if path else CONFIG_FILE_NAME
-    _check_keys(data, {"database_url", "endpoints", "worker", "prices"}, where)
+    _check_keys(data, {"database_url", "endpoints", "worker", "submit", "prices"}, where)
     endpoints = builtin_endpoints(env)
     for name, raw in _table(data, "endpoints", where).items():
         endpoints[name] = _parse_endpoint(
             name, raw, f"{where}: endpoints.{name}", endpoints.get(name)
         )
     worker = _parse_worker(_table(data, "worker", where), f"{where}: worker")
+    submit = _parse_submit(_table(data, "submit", where), f"{where}: submit")
     url = database_url or data.get("database_url") or DEFAULT_DATABASE_URL
     if not isinstance(url, str):
         raise ConfigError(f"{where}: database_url must be a string")
     prices = _parse_prices(_table(data, "prices", where), f"{where}: prices")
     return Settings(
-        database_url=url, endpoints=endpoints, worker=worker, config_path=path, prices=prices
+        database_url=url,
+        endpoints=endpoints,
+        worker=worker,
+        submit=submit,
+        config_path=path,
+        prices=prices,
     )
 
 

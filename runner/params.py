@@ -12,6 +12,9 @@ from typing import Any
 
 Check = Callable[[Any], str | None]
 
+# OpenAI's seed is a 64-bit signed integer, and so is the jobs.seed column (BIGINT).
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
@@ -121,6 +124,15 @@ REJECTED: dict[str, str] = {
 }
 
 
+def check_seed(value: Any) -> str | None:
+    """The problem with a request's seed, or None if it is fine."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"must be an integer, got {value!r}"
+    if not SEED_MIN <= value <= SEED_MAX:
+        return f"must be a 64-bit signed integer (from -2**63 to 2**63-1), got {value}"
+    return None
+
+
 def check_param(name: str, value: Any) -> str | None:
     """The problem with one known parameter's value, or None if it is fine."""
     return PARAMS[name](value)
@@ -130,8 +142,8 @@ def check_body_params(body: Mapping[str, Any]) -> tuple[str, str] | None:
     """First (field, problem) in a request body's known parameters, for Batch files."""
     if body.get("stream"):
         return "stream", REJECTED["stream"]
-    if "seed" in body and (isinstance(body["seed"], bool) or not isinstance(body["seed"], int)):
-        return "seed", f"must be an integer, got {body['seed']!r}"
+    if "seed" in body and (problem := check_seed(body["seed"])):
+        return "seed", problem
     if "max_tokens" in body and "max_completion_tokens" in body:
         return "max_tokens", "give max_tokens or max_completion_tokens, not both"
     for name, value in body.items():

@@ -64,8 +64,8 @@ class BatchStatus:
 
 
 async def resolve_batch(conn: AsyncConnection, ref: str) -> Batch:
-    """A batch by id, or the latest batch with that name."""
-    query = select(Batch)
+    """A batch by id, or the latest batch with that name (not one still being submitted)."""
+    query = select(Batch).where(Batch.pending_until.is_(None))
     if ref.isdigit():
         query = query.where(Batch.id == int(ref))
     else:
@@ -132,7 +132,12 @@ async def batch_status(
     if ref is not None:
         batches = [await resolve_batch(conn, ref)]
     else:
-        rows = await conn.execute(select(Batch).order_by(Batch.id.desc()).limit(limit))
+        rows = await conn.execute(
+            select(Batch)
+            .where(Batch.pending_until.is_(None))
+            .order_by(Batch.id.desc())
+            .limit(limit)
+        )
         batches = [Batch(**row._mapping) for row in rows]
     result = []
     for batch in batches:
@@ -288,7 +293,9 @@ class BatchLine:
 async def list_batches(conn: AsyncConnection, limit: int = 50) -> list[BatchLine]:
     """The most recent batches with their last round's counts and last fingerprint seen."""
     lines = []
-    batches = await conn.execute(select(Batch).order_by(Batch.id.desc()).limit(limit))
+    batches = await conn.execute(
+        select(Batch).where(Batch.pending_until.is_(None)).order_by(Batch.id.desc()).limit(limit)
+    )
     for batch in batches:
         rounds = (
             await conn.execute(

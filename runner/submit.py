@@ -1,9 +1,15 @@
-"""Submitting a job file: all of it in one transaction, or nothing.
+"""Submitting a job file: all of it, or nothing.
 
-Jobs stream from the parser into the database (one COPY on PostgreSQL, chunks on
-SQLite), so a file of a million lines is never held in memory. Any error (parser,
-duplicate key, database) rolls the whole transaction back: no batch row, no jobs, no
-runs.
+Jobs stream from the parser into the database, so a file of a million lines is never
+held in memory, and a file that would give more than ``max_jobs`` jobs is refused.
+PostgreSQL takes a submit in one transaction (one COPY): workers never wait for it,
+as they touch none of its rows. SQLite has one write lock for the whole database, so
+a submit there is written in short transactions of ``SUBMIT_CHUNK`` jobs with their
+runs, between which workers write: the batch stays *pending* (invisible: not claimed,
+not listed) until the last one completes it. Any error (parser, duplicate key,
+database) leaves nothing: the transaction rolls back, or the pending batch is deleted
+(a submit killed midway leaves it to the next submit or worker start, once its
+``pending_until`` passed).
 
 A file whose identical submission is already stored (same bytes, batch name and
 endpoint) is not queued twice: if that batch's latest round has runs left, ``submit``
@@ -14,13 +20,16 @@ returns it (``Submitted.resumed``) for the caller to work; if it finished,
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import anyio
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runner.config import EndpointConfig, Settings
 from runner.db import queue
@@ -29,6 +38,11 @@ from runner.db.types import utcnow
 from runner.errors import AlreadySubmittedError, ConfigError, JobFileError, ScheduleError
 from runner.jobfile import JobFile, find_duplicate, load_job_file
 from runner.schedule import create_schedule
+
+log = logging.getLogger(__name__)
+SUBMIT_CHUNK = 5000  # jobs (and their runs) per transaction of a SQLite submit
+# How long a pending batch outlives its last write: the submit is taken for dead after.
+PENDING_FOR = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -96,31 +110,90 @@ def _row(batch_id: int, job: Any) -> dict[str, Any]:
     }
 
 
-async def _insert(
-    engine: AsyncEngine, job_file: JobFile, settings: Settings, now: datetime
+async def _with_schedule(
+    conn: AsyncConnection, job_file: JobFile, batch_id: int, now: datetime
+) -> str | None:
+    """The file's ``schedule:``, created for the batch; a taken name is the file's fault."""
+    if job_file.schedule is None:
+        return None
+    try:
+        return await create_schedule(conn, job_file.schedule, batch_id, job_file.name, now)
+    except ScheduleError as exc:
+        raise JobFileError(str(job_file.path), None, "schedule", exc.message) from None
+
+
+async def _new_batch(conn: AsyncConnection, job_file: JobFile, now: datetime) -> int:
+    """The batch row, pending until ``queue.complete_batch``."""
+    return await queue.insert_batch(
+        conn,
+        name=job_file.name,
+        source_path=str(job_file.path),
+        source_format=job_file.format,
+        submitted_at=now,
+        pending_until=utcnow() + PENDING_FOR,
+    )
+
+
+async def _insert_at_once(
+    engine: AsyncEngine, job_file: JobFile, max_attempts: int, now: datetime
 ) -> Submitted:
+    """PostgreSQL: the whole submit in one transaction."""
     async with engine.begin() as conn:
-        batch_id = await queue.insert_batch(
-            conn,
-            name=job_file.name,
-            source_path=str(job_file.path),
-            source_format=job_file.format,
-            submitted_at=now,
-        )
-        schedule = None
-        if job_file.schedule is not None:  # before the jobs: a taken name fails fast
-            try:
-                schedule = await create_schedule(
-                    conn, job_file.schedule, batch_id, job_file.name, now
-                )
-            except ScheduleError as exc:
-                raise JobFileError(str(job_file.path), None, "schedule", exc.message) from None
+        batch_id = await _new_batch(conn, job_file, now)
+        # Before the jobs: a taken name fails fast.
+        schedule = await _with_schedule(conn, job_file, batch_id, now)
         count = await queue.insert_jobs(conn, (_row(batch_id, job) for job in job_file.jobs()))
-        await queue.complete_batch(conn, batch_id, job_count=count, source_sha256=job_file.sha256)
+        await queue.complete_batch(
+            conn, batch_id, job_count=count, source_sha256=job_file.sha256, now=utcnow()
+        )
         round_id, number = await queue.create_round(conn, batch_id, RoundTrigger.SUBMIT, now)
-        max_attempts = job_file.max_attempts or settings.worker.max_attempts
         await queue.enqueue_round(conn, round_id, batch_id, max_attempts=max_attempts, now=now)
     return Submitted(batch_id, job_file.name, count, round_id, number, schedule)
+
+
+async def _insert_in_chunks(
+    engine: AsyncEngine, job_file: JobFile, max_attempts: int, now: datetime
+) -> Submitted:
+    """SQLite: a pending batch written in short transactions, then completed (see the
+    module's docstring); deleted again if anything fails."""
+    async with engine.begin() as conn:
+        batch_id = await _new_batch(conn, job_file, now)
+        round_id, number = await queue.create_round(conn, batch_id, RoundTrigger.SUBMIT, now)
+    try:
+        count = 0
+        jobs = job_file.jobs()
+        # Parsed outside the transaction: the lock is held only to write.
+        while chunk := [_row(batch_id, job) for job in islice(jobs, SUBMIT_CHUNK)]:
+            async with engine.begin() as conn:
+                await queue.insert_chunk(
+                    conn,
+                    chunk,
+                    batch_id=batch_id,
+                    round_id=round_id,
+                    max_attempts=max_attempts,
+                    now=utcnow(),
+                    pending_until=utcnow() + PENDING_FOR,
+                )
+            count += len(chunk)
+        async with engine.begin() as conn:
+            schedule = await _with_schedule(conn, job_file, batch_id, now)
+            await queue.complete_batch(
+                conn, batch_id, job_count=count, source_sha256=job_file.sha256, now=utcnow()
+            )
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _discard(engine, batch_id)
+        raise
+    return Submitted(batch_id, job_file.name, count, round_id, number, schedule)
+
+
+async def _discard(engine: AsyncEngine, batch_id: int) -> None:
+    """Delete a failed submit's pending batch; if that fails too, a later submit or
+    worker start deletes it once its time has passed."""
+    try:
+        await queue.discard_batch(engine, batch_id)
+    except Exception:
+        log.warning("could not delete the pending batch %s now: it goes later", batch_id)
 
 
 def _endpoint(job_file: JobFile, settings: Settings, override: str | None) -> EndpointConfig:
@@ -143,23 +216,29 @@ async def submit(
     now: datetime | None = None,
     again: bool = False,
     require_key: bool = False,
+    max_jobs: int | None = None,
 ) -> Submitted:
     """Validate and store a job file as a batch with its first round of queued runs.
 
     Unless ``again``, an identical submission already stored is returned or refused
     instead (see the module's docstring). ``require_key``: refuse (before writing
     anything) if the endpoint's API key is not in this environment, for a caller that
-    sends the requests itself (`runner run`).
+    sends the requests itself (`runner run`). ``max_jobs``: the most jobs the file may
+    give [default: the settings' ``submit.max_jobs``].
     """
-    job_file = load_job_file(path, endpoint=endpoint, name=name)
+    max_jobs = max_jobs or settings.submit.max_jobs
+    job_file = load_job_file(path, endpoint=endpoint, name=name, max_jobs=max_jobs)
     # Unknown endpoint, or a key we need now and lack: fail before writing anything.
     missing_key = _endpoint(job_file, settings, endpoint).missing_key()
     if missing_key and require_key:
         raise ConfigError(missing_key)
     if not again and (found := await _already_submitted(engine, job_file, path)):
         return replace(found, missing_key=missing_key)
+    await queue.discard_stale_batches(engine, utcnow())
+    max_attempts = job_file.max_attempts or settings.worker.max_attempts
+    insert = _insert_at_once if engine.dialect.name == "postgresql" else _insert_in_chunks
     try:
-        submitted = await _insert(engine, job_file, settings, now or utcnow())
+        submitted = await insert(engine, job_file, max_attempts, now or utcnow())
     except IntegrityError:
         # The only unique key a submit can break is (batch, key): find the line to blame.
         duplicate = find_duplicate(load_job_file(path, endpoint=endpoint, name=name).jobs())

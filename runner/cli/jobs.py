@@ -52,6 +52,14 @@ def _job_file_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "--endpoint) was submitted before. Without it, an unfinished batch of that file is "
         "taken up instead of queued twice, and a finished one is refused (exit 3).",
     )(fn)
+    fn = click.option(
+        "--max-jobs",
+        type=click.IntRange(min=1),
+        envvar="RUNNER_MAX_JOBS",
+        show_envvar=True,
+        help="Refuse a file that gives more jobs than this (nothing is stored) "
+        "[default: runner.toml submit.max_jobs, else 10000000]",
+    )(fn)
     return click.argument("job_file", type=click.Path(path_type=Path, dir_okay=False))(fn)
 
 
@@ -85,7 +93,12 @@ def _echo_submitted(sub: Submitted) -> None:
 @_job_file_options
 @pass_context
 def submit_cmd(
-    obj: Context, job_file: Path, endpoint: str | None, name: str | None, again: bool
+    obj: Context,
+    job_file: Path,
+    endpoint: str | None,
+    name: str | None,
+    again: bool,
+    max_jobs: int | None,
 ) -> None:
     """Validate JOB_FILE and queue it as a new batch (all of it or nothing).
 
@@ -95,7 +108,15 @@ def submit_cmd(
     have it).
     """
     sub = obj.run(
-        lambda e: submit(e, job_file, obj.settings, endpoint=endpoint, name=name, again=again),
+        lambda e: submit(
+            e,
+            job_file,
+            obj.settings,
+            endpoint=endpoint,
+            name=name,
+            again=again,
+            max_jobs=max_jobs,
+        ),
         create=True,
     )
     _echo_submitted(sub)
@@ -206,6 +227,7 @@ def run_cmd(
     endpoint: str | None,
     name: str | None,
     again: bool,
+    max_jobs: int | None,
     concurrency: int | None,
     reuse: bool,
     quiet: bool,
@@ -228,6 +250,7 @@ def run_cmd(
             name=name,
             again=again,
             require_key=True,
+            max_jobs=max_jobs,
         )
         if sub.resumed is None:
             _echo_submitted(sub)

@@ -82,6 +82,9 @@ class Batch(Base):
     source_sha256: Mapped[str] = mapped_column(String(64))
     submitted_at: Mapped[datetime] = mapped_column(UTCDateTime)
     job_count: Mapped[int] = mapped_column(Integer)
+    # A submit is still writing it (see runner/submit.py): invisible until NULL. Past
+    # this time the submit died, and the next submit or worker start deletes it.
+    pending_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Job(Base):

@@ -229,6 +229,11 @@ class Worker:
                     # Before registering: a registered worker stops gracefully on SIGTERM.
                     await signals.start(self._watch_signals)
                 await self._db("reading the database's clock", self._measure_clock)
+                # Batches of submits that died midway: nobody else deletes them.
+                await self._db(
+                    "discarding stale batches",
+                    lambda: queue.discard_stale_batches(self.engine, self.clock()),
+                )
                 await self._db(
                     "registering",
                     lambda: queue.register_worker(

@@ -156,8 +156,8 @@ def test_extra_params_pass_through(tmp_path: Path) -> None:
         ("model: m\nmodel: n\nmessages: [{role: user, content: hi}]\n", 2, "model",
          "duplicate key"),
         ("model: m\nmessages: [{role: user, content: hi}]\nseeds: [1, x]\n", 3, "seeds[1]",
-         "wrong type"),
-        ("model: m\nmessages: [{role: user, content: hi}]\nrepeat: 0\n", 3, "repeat", ">= 1"),
+         "must be an integer"),
+        ("model: m\nmessages: [{role: user, content: hi}]\nrepeat: 0\n", 3, "repeat", "from 1 to"),
         ("model: m\nmessages:\n  - role: user\n    content: [unclosed\n", 5, None, "invalid YAML"),
         ("model: m\nmessages: [{role: user, content: hi}]\nvars: {x: []}\n", 3, "vars.x",
          "non-empty list"),
@@ -243,3 +243,40 @@ def test_jsonl_empty_and_unknown_suffix(tmp_path: Path) -> None:
         jobs_of(write(tmp_path, "e.json", "{}"))
     with pytest.raises(JobFileError, match="no such file"):
         jobs_of(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "",
+        "items: [{topic: a, seed: 5}, {topic: b}, {topic: c, seed: 6}]\nvars: {lang: [en, fr]}\n",
+        "models: [m1, m2]\nseeds: [1, 2, 3]\nrepeat: 2\nvars: {topic: [a, b], lang: [en]}\n",
+    ],
+)
+def test_job_count_is_known_before_the_jobs_and_is_theirs(tmp_path: Path, extra: str) -> None:
+    base = "messages: [{role: user, content: '{topic} {lang}'}]\n"
+    if "models" not in extra:
+        base += "model: m\n"
+    if "topic" not in extra:
+        base += "vars: {topic: [a, b, c], lang: [en]}\n"
+    job_file = load_job_file(write(tmp_path, "count.yaml", base + extra))
+    assert job_file.job_count == len(list(job_file.jobs()))
+    with pytest.raises(JobFileError, match="more than max_jobs"):
+        load_job_file(tmp_path / "count.yaml", max_jobs=job_file.job_count - 1)
+
+
+def test_anchors_without_aliases_are_still_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path, "anchor.yaml", "model: &m m1\nmessages: [{role: user, content: hi}]\n")
+    assert [json.loads(j.body)["model"] for j in jobs_of(path)] == ["m1"]
+
+
+def test_batch_bodies_nested_too_deep_for_our_bound_but_not_for_json(tmp_path: Path) -> None:
+    # 150 levels: json parses them, but our bound (100) refuses them, naming the field.
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    record = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions"}
+    line = json.dumps({**record, "body": {**body, "x": 1}})
+    line = line.replace('"x": 1', '"x": ' + "[" * 150 + "]" * 150)
+    path = write(tmp_path, "deep.jsonl", line + "\n")
+    with pytest.raises(JobFileError, match="nested more than 100 levels deep") as caught:
+        jobs_of(path)
+    assert (caught.value.line, caught.value.field) == (1, "body.x" + "[0]" * 99)

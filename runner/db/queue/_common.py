@@ -12,6 +12,7 @@ from sqlalchemy import (
     Connection,
     exists,
     func,
+    select,
     true,
 )
 from sqlalchemy.exc import DBAPIError
@@ -20,6 +21,7 @@ from sqlalchemy.sql.elements import BindParameter
 
 from runner.db.engine import InlineSQLite
 from runner.db.models import (
+    Batch,
     Job,
     Round,
     Run,
@@ -57,6 +59,13 @@ async def _retry_deadlock(fn: Callable[[], Awaitable[T]], tries: int = 5) -> T:
 
 def _in_rounds(round_ids: Sequence[int] | None) -> Any:
     return true() if round_ids is None else Run.round_id.in_(list(round_ids))
+
+
+def visible_runs() -> Any:
+    """Runs of batches a submit has finished writing (see ``Batch.pending_until``): a
+    pending batch's runs are neither claimed nor waited for."""
+    pending = select(Round.id).join(Batch, Batch.id == Round.batch_id)
+    return Run.round_id.not_in(pending.where(Batch.pending_until.is_not(None)))
 
 
 def _not_for(endpoints: Sequence[str] | BindParameter[Any]) -> Any:

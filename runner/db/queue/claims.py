@@ -36,6 +36,7 @@ from runner.db.queue._common import (
     _retry_deadlock,
     _transaction,
     sent_request,
+    visible_runs,
 )
 from runner.db.types import UTCDateTime
 
@@ -80,7 +81,8 @@ class _ClaimStatements:
 @functools.cache
 def _claim_statements(in_rounds: bool, excluding: bool) -> _ClaimStatements:
     rounds = Run.round_id.in_(bindparam("round_ids", expanding=True)) if in_rounds else true()
-    scope = and_(rounds, _not_for(bindparam("exclude", expanding=True)) if excluding else true())
+    endpoints = _not_for(bindparam("exclude", expanding=True)) if excluding else true()
+    scope = and_(rounds, endpoints, visible_runs())
     # Another worker's expired leases: a live worker never takes back its own runs (after a
     # database outage their leases may have run out while it still holds their results).
     expired = and_(
@@ -383,7 +385,7 @@ async def unfinished(
     now: datetime,
 ) -> Unfinished:
     """Runs (in ``round_ids``, or anywhere) a burst worker still waits for, at ``now``."""
-    scope = (_in_rounds(round_ids), _not_for(exclude_endpoints))
+    scope = (_in_rounds(round_ids), _not_for(exclude_endpoints), visible_runs())
     unfinished_states = [RunState.QUEUED.value, RunState.RUNNING.value]
     async with engine.connect() as conn:
         counts = dict(

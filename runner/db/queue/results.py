@@ -36,6 +36,7 @@ from runner.db.queue._common import (
     _retry_deadlock,
     _transaction,
     sent_endpoint,
+    visible_runs,
 )
 
 # ---------------------------------------------------------------- results
@@ -245,6 +246,7 @@ async def unfinished_count(
                 Run.state.in_([RunState.QUEUED.value, RunState.RUNNING.value]),
                 _in_rounds(round_ids),
                 _not_for(exclude_endpoints),
+                visible_runs(),
             )
         )
         return int(count or 0)
@@ -264,6 +266,7 @@ async def unfinished_endpoints(
             .where(
                 Run.state.in_([RunState.QUEUED.value, RunState.RUNNING.value]),
                 _in_rounds(round_ids),
+                visible_runs(),
             )
             .distinct()
         )

@@ -1,4 +1,12 @@
-"""Submitting: a batch, its jobs, its first round and their queued runs."""
+"""Submitting: a batch, its jobs, its first round and their queued runs.
+
+PostgreSQL writes a submit in one transaction. SQLite writes it in short ones
+(``insert_chunk``) so that workers are never kept from its single write lock for
+long; until ``complete_batch`` the batch is *pending* (``batches.pending_until`` set):
+its runs are not claimed (``_common.visible_runs``) and it is not listed. A submit
+that fails deletes its pending batch (``discard_batch``); one that died leaves it to
+``discard_stale_batches``, once its ``pending_until`` has passed.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ from itertools import islice
 from typing import Any
 
 from sqlalchemy import (
+    delete,
     func,
     insert,
     literal,
@@ -16,7 +25,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runner.db.models import (
     Batch,
@@ -27,6 +36,7 @@ from runner.db.models import (
     RunState,
 )
 from runner.db.types import UTCDateTime
+from runner.errors import DatabaseError
 
 # ---------------------------------------------------------------- submit
 
@@ -62,6 +72,7 @@ async def identical_batch(
             .where(
                 Batch.source_sha256 == source_sha256,
                 Batch.name == name,
+                Batch.pending_until.is_(None),
                 job_endpoint.scalar_subquery() == endpoint,
             )
             .order_by(Batch.id.desc(), Round.number.desc())
@@ -92,8 +103,9 @@ async def insert_batch(
     source_path: str,
     source_format: str,
     submitted_at: datetime,
+    pending_until: datetime,
 ) -> int:
-    """A new batch row (job count and sha256 are set by ``complete_batch``)."""
+    """A new pending batch row (job count and sha256 are set by ``complete_batch``)."""
     result = await conn.execute(
         insert(Batch)
         .values(
@@ -103,6 +115,7 @@ async def insert_batch(
             source_sha256="",
             submitted_at=submitted_at,
             job_count=0,
+            pending_until=pending_until,
         )
         .returning(Batch.id)
     )
@@ -155,14 +168,81 @@ async def insert_jobs(conn: AsyncConnection, rows: Iterable[dict[str, Any]]) -> 
     return count
 
 
-async def complete_batch(
-    conn: AsyncConnection, batch_id: int, *, job_count: int, source_sha256: str
-) -> None:
-    await conn.execute(
-        update(Batch)
-        .where(Batch.id == batch_id)
-        .values(job_count=job_count, source_sha256=source_sha256)
+async def _renew(conn: AsyncConnection, batch_id: int, now: datetime, values: Any) -> None:
+    """Update a pending batch whose ``pending_until`` has not passed; else it is lost (a
+    cleaner may be deleting it as the batch of a dead submit)."""
+    result = await conn.execute(
+        update(Batch).where(Batch.id == batch_id, Batch.pending_until >= now).values(**values)
     )
+    if result.rowcount != 1:
+        raise DatabaseError(
+            f"batch {batch_id} was still being written when its time ran out (a submit that "
+            "waits this long for the database is taken for dead): submit the file again"
+        )
+
+
+async def insert_chunk(
+    conn: AsyncConnection,
+    rows: list[dict[str, Any]],
+    *,
+    batch_id: int,
+    round_id: int,
+    max_attempts: int,
+    now: datetime,
+    pending_until: datetime,
+) -> None:
+    """One short transaction of a SQLite submit: jobs, their queued runs (invisible while
+    the batch is pending), and the batch's ``pending_until`` pushed on to ``pending_until``.
+
+    ``now`` is the real time, which ``pending_until`` is measured against."""
+    # Ids only grow and this transaction holds the write lock: the new jobs are the
+    # batch's jobs above the largest id before them.
+    after = await conn.scalar(select(func.coalesce(func.max(Job.id), 0)))
+    await conn.execute(insert(Job), rows)
+    # By id alone: with ``batch_id`` too SQLite would scan the batch's (batch, key) index,
+    # every job written so far, at each chunk.
+    await _enqueue(conn, round_id, Job.id > int(after or 0), max_attempts=max_attempts, now=now)
+    await _renew(conn, batch_id, now, {"pending_until": pending_until})
+
+
+async def complete_batch(
+    conn: AsyncConnection, batch_id: int, *, job_count: int, source_sha256: str, now: datetime
+) -> None:
+    """The batch is whole: its count and file hash, and no longer pending (visible).
+
+    ``now`` is the real time: a batch whose ``pending_until`` passed is not completed."""
+    values = {"job_count": job_count, "source_sha256": source_sha256, "pending_until": None}
+    await _renew(conn, batch_id, now, values)
+
+
+DISCARD_CHUNK = 5000  # rows deleted per transaction when a pending batch is thrown away
+
+
+async def discard_batch(engine: AsyncEngine, batch_id: int) -> None:
+    """Delete a pending batch (its runs, jobs, round) in short transactions."""
+    rounds = select(Round.id).where(Round.batch_id == batch_id)
+    for table, where in ((Run, Run.round_id.in_(rounds)), (Job, Job.batch_id == batch_id)):
+        while True:
+            some = select(table.id).where(where).limit(DISCARD_CHUNK).scalar_subquery()
+            async with engine.begin() as conn:
+                deleted = await conn.execute(delete(table).where(table.id.in_(some)))
+            if deleted.rowcount < DISCARD_CHUNK:
+                break
+    async with engine.begin() as conn:
+        await conn.execute(delete(Round).where(Round.batch_id == batch_id))
+        await conn.execute(
+            delete(Batch).where(Batch.id == batch_id, Batch.pending_until.is_not(None))
+        )
+
+
+async def discard_stale_batches(engine: AsyncEngine, now: datetime) -> list[int]:
+    """Delete the pending batches of submits that died (``pending_until`` before ``now``,
+    the real time); their ids."""
+    async with engine.connect() as conn:
+        stale = list(await conn.scalars(select(Batch.id).where(Batch.pending_until < now)))
+    for batch_id in stale:
+        await discard_batch(engine, batch_id)
+    return [int(b) for b in stale]
 
 
 async def create_round(
@@ -185,6 +265,15 @@ async def enqueue_round(
     conn: AsyncConnection, round_id: int, batch_id: int, *, max_attempts: int, now: datetime
 ) -> int:
     """One queued run per job of the batch, in a single INSERT ... SELECT."""
+    return await _enqueue(
+        conn, round_id, Job.batch_id == batch_id, max_attempts=max_attempts, now=now
+    )
+
+
+async def _enqueue(
+    conn: AsyncConnection, round_id: int, jobs: Any, *, max_attempts: int, now: datetime
+) -> int:
+    """One queued run in ``round_id`` per job matching ``jobs``."""
     source = select(
         literal(round_id),
         Job.id,
@@ -192,7 +281,7 @@ async def enqueue_round(
         literal(0),
         literal(max_attempts),
         literal(now, UTCDateTime()),
-    ).where(Job.batch_id == batch_id)
+    ).where(jobs)
     result = await conn.execute(
         insert(Run).from_select(
             ["round_id", "job_id", "state", "attempts", "max_attempts", "available_at"], source

@@ -1,38 +1,42 @@
-"""Job files -> validated, frozen job specs.
+"""YAML job specs (``.yaml``/``.yml``): one request template expanded into many.
 
-Two formats:
-
-* YAML job specs (``.yaml``/``.yml``) that expand into many requests:
-  models x items x vars (cartesian) x seeds x repeat, in that order.
-* OpenAI Batch API input files (``.jsonl``), one request per line, taken as
-  they are (only ``/v1/chat/completions`` lines).
-
-Every problem is a ``JobFileError`` naming file, line and field. Jobs are
-produced lazily (``JobFile.jobs()``) so a million-line JSONL is never held in
-memory; ``JobFile.sha256`` is complete once the iterator is exhausted.
+models x items x vars (cartesian) x seeds x repeat, in that order. The document is
+composed by a loader that refuses aliases and deep nesting as it reads, before any
+value is built or walked (an alias "bomb" of a few hundred bytes would otherwise
+expand into billions of nodes); every value is then checked (``values``) before a
+job is built, and a file that would expand into more than ``max_jobs`` jobs is
+refused before the first one is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-import json
+import math
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import yaml
 
 from runner.cron import ScheduleSpec, parse_schedule_block
 from runner.errors import JobFileError
 from runner.hashing import canonical_json, request_hash
-from runner.params import PARAMS, REJECTED, check_body_params, check_param
+from runner.jobfile.spec import JobFile, JobSpec
+from runner.jobfile.values import (
+    INT32_MAX,
+    MAX_DEPTH,
+    dotted,
+    max_jobs_problem,
+    name_problem,
+    parse_problem,
+    value_problem,
+)
+from runner.params import PARAMS, REJECTED, Check, check_param, check_seed
 
-SourceFormat = Literal["yaml", "openai-batch"]
-CHAT_COMPLETIONS_URL = "/v1/chat/completions"
 ROLES = ("system", "developer", "user", "assistant", "tool")
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 YAML_KEYS = {
@@ -53,66 +57,10 @@ YAML_KEYS = {
     "max_attempts",
     "schedule",
 }
-BATCH_LINE_KEYS = {"custom_id", "method", "url", "body"}
 # Keys of an item that are not variables: per-item overrides of the top-level ones.
 ITEM_RESERVED = ("seed", "params")
 
 Path_ = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """One immutable request: what is sent, where, and under which key."""
-
-    key: str
-    endpoint: str
-    model: str
-    body: str  # canonical JSON of the request body, seed included
-    request_hash: str
-    seed: int | None
-    line: int | None  # where in the source file this job comes from
-
-
-@dataclass
-class JobFile:
-    """A parsed job file: header known up front, jobs streamed."""
-
-    path: Path
-    format: SourceFormat
-    name: str
-    endpoint: str
-    max_attempts: int | None
-    _jobs: Iterator[JobSpec]
-    _sha: Any = field(default_factory=hashlib.sha256)
-    schedule: ScheduleSpec | None = None  # YAML ``schedule:``, created with the batch
-    endpoint_line: int | None = None  # where the file names its endpoint, if it does
-
-    def jobs(self) -> Iterator[JobSpec]:
-        return self._jobs
-
-    @property
-    def sha256(self) -> str:
-        return str(self._sha.hexdigest())
-
-
-def load_job_file(path: Path, *, endpoint: str | None = None, name: str | None = None) -> JobFile:
-    """Open a job file; ``endpoint`` and ``name`` override what the file says."""
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise JobFileError(str(path), None, None, "no such file")
-    if suffix in (".yaml", ".yml"):
-        return _load_yaml(path, endpoint, name)
-    if suffix == ".jsonl":
-        return _load_jsonl(path, endpoint, name)
-    raise JobFileError(
-        str(path),
-        None,
-        None,
-        "unknown file type: use .yaml/.yml for job specs or .jsonl for OpenAI Batch files",
-    )
-
-
-# ---------------------------------------------------------------- YAML
 
 
 class _Lines:
@@ -143,8 +91,42 @@ class _Lines:
         return self.lines.get(at)
 
     def fail(self, at: Path_, problem: str, line: int | None = None) -> NoReturn:
-        dotted = ".".join(f"[{p}]" if isinstance(p, int) else p for p in at).replace(".[", "[")
-        raise JobFileError(self.path, line or self.line(at), dotted or None, problem)
+        raise JobFileError(self.path, line or self.line(at), dotted(at) or None, problem)
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing aliases and deep nesting as it composes.
+
+    An alias (``*name``) makes a node appear again wherever it is used, so nine nested
+    aliases of nine make a few hundred bytes into billions of nodes for any walk over
+    the document. Refused at the first one, before it is expanded (anchors alone are
+    harmless). Composing recurses once per level, so nesting is bounded here too.
+    """
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
+        mark: Any = event.start_mark
+        if isinstance(event, yaml.AliasEvent):
+            problem = f"aliases (*{event.anchor}) are not supported: write the value out"
+            raise yaml.composer.ComposerError(None, None, problem, mark)
+        if self.depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested more than {MAX_DEPTH} levels deep", mark
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+            problem = parse_problem(exc)
+            raise yaml.constructor.ConstructorError(None, None, problem, node.start_mark) from None
 
 
 def _read_yaml(path: Path) -> tuple[Any, _Lines, bytes]:
@@ -154,7 +136,7 @@ def _read_yaml(path: Path) -> tuple[Any, _Lines, bytes]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise JobFileError(str(path), None, None, f"not UTF-8 text: {exc}") from None
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -236,31 +218,38 @@ def _positive_int(data: Mapping[str, Any], key: str, lines: _Lines) -> int | Non
     value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        lines.fail((key,), f"must be an integer >= 1, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= INT32_MAX:
+        lines.fail((key,), f"must be an integer from 1 to {INT32_MAX}, got {value!r}")
     return int(value)
 
 
 def _one_or_many(
-    data: Mapping[str, Any], one: str, many: str, lines: _Lines, check: Any
+    data: Mapping[str, Any], one: str, many: str, lines: _Lines, check: Check
 ) -> list[Any] | None:
+    """``one: value`` or ``many: [values]``; ``check`` says what is wrong with a value."""
     if one in data and many in data:
         lines.fail((many,), f"give {one!r} or {many!r}, not both")
     if one in data:
-        if not check(data[one]):
-            lines.fail((one,), f"has the wrong type: {data[one]!r}")
+        if problem := check(data[one]):
+            lines.fail((one,), problem)
         return [data[one]]
     if many in data:
         values = data[many]
         if not isinstance(values, list) or not values:
             lines.fail((many,), "must be a non-empty list")
         for index, value in enumerate(values):
-            if not check(value):
-                lines.fail((many, index), f"has the wrong type: {value!r}")
+            if problem := check(value):
+                lines.fail((many, index), problem)
         if len(set(map(repr, values))) != len(values):
             lines.fail((many,), "has duplicate values")
         return list(values)
     return None
+
+
+def _model_problem(value: Any) -> str | None:
+    if not isinstance(value, str) or not value:
+        return f"has the wrong type: {value!r}"
+    return name_problem(value)
 
 
 def _messages(data: Mapping[str, Any], lines: _Lines) -> list[dict[str, Any]]:
@@ -315,8 +304,8 @@ def _items(data: Mapping[str, Any], variables: Mapping[str, Any], lines: _Lines)
             if var in variables:
                 lines.fail((*at, var), f"variable {var!r} is also defined in vars")
         seed = item.get("seed")
-        if "seed" in item and (isinstance(seed, bool) or not isinstance(seed, int)):
-            lines.fail((*at, "seed"), f"must be an integer, got {seed!r}")
+        if "seed" in item and (problem := check_seed(seed)):
+            lines.fail((*at, "seed"), problem)
         result.append(
             _Item(
                 values={k: v for k, v in item.items() if k not in ITEM_RESERVED},
@@ -348,9 +337,17 @@ def _key_values(values: Mapping[str, Any]) -> str:
     return "/".join(f"{k}={_render(v)}" for k, v in values.items())
 
 
+def _check_json(value: Any, at: Path_, lines: _Lines) -> None:
+    """Refuse what cannot go into a request's JSON body (NaN, dates, ...)."""
+    bad = value_problem(value, json=True)
+    if bad:
+        lines.fail((*at, *bad[0]), bad[1])
+
+
 def _check_params(params: Any, at: Path_, lines: _Lines) -> dict[str, Any]:
     if not isinstance(params, Mapping):
         lines.fail(at, "must be a mapping of request parameters")
+    _check_json(params, at, lines)
     for name, value in params.items():
         if name in REJECTED:
             lines.fail((*at, name), REJECTED[name])
@@ -374,10 +371,19 @@ def _params(data: Mapping[str, Any], lines: _Lines) -> dict[str, Any]:
     extra = data.get("extra_params", {})
     if not isinstance(extra, Mapping):
         lines.fail(("extra_params",), "must be a mapping")
+    _check_json(extra, ("extra_params",), lines)
     for name in extra:
         if name in REJECTED or name in PARAMS:
             lines.fail(("extra_params", name), "is a known parameter: put it under params")
     return {**params, **extra}
+
+
+def _name(data: Mapping[str, Any], lines: _Lines, path: Path, name: str | None) -> str:
+    """The batch name: ``--name``, else the file's ``name:``, else the file name."""
+    name = name or (_string(data, "name", lines) if "name" in data else path.stem)
+    if problem := name_problem(name):
+        lines.fail(("name",), problem)
+    return name
 
 
 def _parse_spec(
@@ -388,12 +394,10 @@ def _parse_spec(
     for key in data:
         if key not in YAML_KEYS:
             lines.fail((str(key),), f"unknown key (allowed: {', '.join(sorted(YAML_KEYS))})")
-    models = _one_or_many(data, "model", "models", lines, lambda v: isinstance(v, str) and v)
+    models = _one_or_many(data, "model", "models", lines, _model_problem)
     if models is None:
         lines.fail((), "'model' or 'models' is required")
-    seeds = _one_or_many(
-        data, "seed", "seeds", lines, lambda v: isinstance(v, int) and not isinstance(v, bool)
-    )
+    seeds = _one_or_many(data, "seed", "seeds", lines, check_seed)
     repeat = _positive_int(data, "repeat", lines) or 1
     key = data.get("key")
     if key is not None and (not isinstance(key, str) or not key):
@@ -402,7 +406,7 @@ def _parse_spec(
         lines.fail(("description",), "must be a string")
     variables = _variables(data, lines)
     return _Spec(
-        name=name or (_string(data, "name", lines) if "name" in data else path.stem),
+        name=_name(data, lines, path, name),
         endpoint=endpoint or (_string(data, "endpoint", lines) if "endpoint" in data else "local"),
         models=models,
         messages=_messages(data, lines),
@@ -512,10 +516,24 @@ def _expand(spec: _Spec, lines: _Lines) -> Iterator[JobSpec]:
             )
 
 
-def _load_yaml(path: Path, endpoint: str | None, name: str | None) -> JobFile:
+def _job_count(spec: _Spec) -> int:
+    """How many jobs ``_expand`` will give, without building them."""
+    combos = math.prod(len(values) for values in spec.vars.values())
+    points = sum(len(item.seeds or spec.seeds) for item in spec.items) * combos
+    return len(spec.models) * points * spec.repeat
+
+
+def load_yaml(path: Path, endpoint: str | None, name: str | None, max_jobs: int | None) -> JobFile:
     data, lines, raw = _read_yaml(path)
+    # Text anywhere in the file may end up in a key, a name or a body: storable or refused.
+    bad = value_problem(data, json=False, nul=True)
+    if bad:
+        lines.fail(bad[0], bad[1])
     spec = _parse_spec(data, lines, path, endpoint, name)
     _check_placeholders(spec, lines)
+    count = _job_count(spec)
+    if max_jobs is not None and count > max_jobs:
+        raise JobFileError(str(path), None, None, max_jobs_problem(max_jobs, count))
     sha = hashlib.sha256(raw)
     return JobFile(
         path=path,
@@ -527,6 +545,7 @@ def _load_yaml(path: Path, endpoint: str | None, name: str | None) -> JobFile:
         _sha=sha,
         schedule=_schedule(data, lines),
         endpoint_line=None if endpoint else lines.lines.get(("endpoint",)),
+        job_count=count,
     )
 
 
@@ -537,100 +556,3 @@ def _schedule(data: Mapping[str, Any], lines: _Lines) -> ScheduleSpec | None:
     return parse_schedule_block(
         data["schedule"], lambda f, why: lines.fail(("schedule", f) if f else ("schedule",), why)
     )
-
-
-# ---------------------------------------------------------------- OpenAI Batch JSONL
-
-
-def _batch_record(path: str, number: int, raw: bytes) -> dict[str, Any]:
-    """The envelope of one Batch line: custom_id, method, url, body."""
-    try:
-        record = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise JobFileError(path, number, None, f"invalid JSON: {exc}") from None
-    if not isinstance(record, dict):
-        raise JobFileError(path, number, None, "each line must be a JSON object")
-    problem: tuple[str, str] | None = None
-    unknown = sorted(set(record) - BATCH_LINE_KEYS)
-    if unknown:
-        problem = unknown[0], "unknown key (a Batch line has custom_id, method, url, body)"
-    elif not isinstance(record.get("custom_id"), str) or not record["custom_id"]:
-        problem = "custom_id", "must be a non-empty string"
-    elif record.get("method") != "POST":
-        problem = "method", f'must be "POST", got {record.get("method")!r}'
-    elif record.get("url") != CHAT_COMPLETIONS_URL:
-        problem = (
-            "url",
-            (f"unsupported url {record.get('url')!r}: only {CHAT_COMPLETIONS_URL} is supported"),
-        )
-    elif not isinstance(record.get("body"), dict):
-        problem = "body", "must be a JSON object"
-    if problem:
-        raise JobFileError(path, number, problem[0], problem[1])
-    return record
-
-
-def _batch_line(path: str, number: int, raw: bytes) -> tuple[str, dict[str, Any]]:
-    record = _batch_record(path, number, raw)
-    body: dict[str, Any] = record["body"]
-    messages = body.get("messages")
-    problem: tuple[str, str] | None = None
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        problem = "model", "must be a non-empty string"
-    elif not isinstance(messages, list) or not messages:
-        problem = "messages", "must be a non-empty list"
-    elif not all(isinstance(m, dict) and "role" in m for m in messages):
-        problem = "messages", "every message must be an object with a role"
-    else:
-        problem = check_body_params(body)
-    if problem:
-        raise JobFileError(path, number, f"body.{problem[0]}", problem[1])
-    return str(record["custom_id"]), body
-
-
-def _jsonl_jobs(path: Path, endpoint: str, sha: Any) -> Iterator[JobSpec]:
-    count = 0
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            sha.update(raw)
-            if not raw.strip():
-                continue
-            custom_id, body = _batch_line(str(path), number, raw)
-            text = canonical_json(body)
-            seed = body.get("seed")
-            count += 1
-            yield JobSpec(
-                key=custom_id,
-                endpoint=endpoint,
-                model=body["model"],
-                body=text,
-                request_hash=request_hash(text),
-                seed=seed,
-                line=number,
-            )
-    if count == 0:
-        raise JobFileError(str(path), None, None, "file is empty: no request lines")
-
-
-def _load_jsonl(path: Path, endpoint: str | None, name: str | None) -> JobFile:
-    sha = hashlib.sha256()
-    endpoint = endpoint or "openai"
-    return JobFile(
-        path=path,
-        format="openai-batch",
-        name=name or path.stem,
-        endpoint=endpoint,
-        max_attempts=None,
-        _jobs=_jsonl_jobs(path, endpoint, sha),
-        _sha=sha,
-    )
-
-
-def find_duplicate(jobs: Sequence[JobSpec] | Iterator[JobSpec]) -> JobSpec | None:
-    """The first job whose key repeats an earlier one (used after a unique violation)."""
-    seen: set[str] = set()
-    for job in jobs:
-        if job.key in seen:
-            return job
-        seen.add(job.key)
-    return None
