@@ -58,7 +58,7 @@ schedule: {{cron: "0 3 * * *", name: {json.dumps(SCHEDULE)}}}
 def reply(req: Received, n: int) -> Reply:
     """The fake provider: a hostile output (A in round 2, B in round 3) and fingerprint."""
     body = completion(json.loads(req.body), fingerprint=FINGERPRINT)
-    body["choices"][0]["message"]["content"] = f"{OUTPUT} {'A' if n < len(KEYS) else 'B'}"
+    body["choices"][0]["message"]["content"] = f"{OUTPUT} {'A' if n <= len(KEYS) else 'B'}"
     return Reply(body=body)
 
 
@@ -197,9 +197,16 @@ def test_markup_and_emoji_codes_in_user_text_print_as_written(tmp_path: Path, db
     verbatim(ok(invoke(tmp_path, db_url, "schedule", "list")), SCHEDULE, f"1 ({NAME})")
     verbatim(ok(invoke(tmp_path, db_url, "drift")), SCHEDULE, FINGERPRINT)
     # `runner sql` table output: one column of every kind of stored user text.
+    # (Runs are picked by what they are, not by id: ids follow the order runs are written.)
+    first_failed = "SELECT min(run_id) FROM run_results WHERE batch_id = 1 AND state = 'failed'"
+    round_2 = (
+        "SELECT min(run_id) FROM run_results "
+        "WHERE batch_id = 1 AND round_number = 2 AND state = 'succeeded'"
+    )
     texts = {"batch_name": "run_id = 1", "job_key": "round_number = 1 AND batch_id = 1",
-             "model": "run_id = 1", "error_message": "run_id = 2", "output": "run_id = 11",
-             "system_fingerprint": "run_id = 11"}  # fmt: skip
+             "model": "run_id = 1", "error_message": f"run_id = ({first_failed})",
+             "output": f"run_id = ({round_2})",
+             "system_fingerprint": f"run_id = ({round_2})"}  # fmt: skip
     union = " UNION ALL ".join(
         f"SELECT {c} AS v FROM run_results WHERE {w}" for c, w in texts.items()
     )
