@@ -73,9 +73,8 @@ def postgres_escapes(marker: str, victim_pid: int) -> list[str]:
     ]
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # the escapes are PostgreSQL's
 def test_every_postgres_escape_is_refused_and_has_no_effect(db_url: str) -> None:
-    if make_url(db_url).get_backend_name() != "postgresql":
-        pytest.skip("the escapes are PostgreSQL's")
     marker = f"/tmp/seedrunner-escape-{uuid.uuid4().hex}"
     plain = make_url(db_url).render_as_string(hide_password=False)
     with psycopg.connect(plain, autocommit=True) as victim:
@@ -111,9 +110,8 @@ def test_a_statement_stops_at_the_timeout(db_url: str, how: str) -> None:
     assert (code, out) == (0, "n\n42\n")
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite has no roles
 def test_the_reader_role_can_only_read_the_documented_tables(db_url: str) -> None:
-    if make_url(db_url).get_backend_name() != "postgresql":
-        pytest.skip("SQLite has no roles")
     from runner.db.reader import readable
 
     documented = DOCS.read_text(encoding="utf-8")
@@ -147,9 +145,8 @@ def test_the_reader_role_can_only_read_the_documented_tables(db_url: str) -> Non
         assert tuple(function) == (True, "s", READER, False)
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # SQLite has no roles
 def test_a_missing_or_changed_reader_function_is_refused_until_upgrade(db_url: str) -> None:
-    if make_url(db_url).get_backend_name() != "postgresql":
-        pytest.skip("SQLite has no roles")
     with sync_engine(db_url) as engine, engine.begin() as conn:
         conn.execute(text(f"ALTER FUNCTION {FUNCTION}(text) OWNER TO CURRENT_USER"))
     err = refused(db_url, "SELECT 1")
