@@ -71,8 +71,9 @@ class Redactor:
     def completion(self, completion: Completion) -> Completion:
         """A completion with the secret taken out of every field a server wrote, if it
         echoed it anywhere (it costs one search of the body when it did not)."""
-        if self._secret is None or self._secret not in completion.response + (
-            completion.request_id or ""
+        secret = self._secret
+        if secret is None or (
+            secret not in completion.response and secret not in (completion.request_id or "")
         ):
             return completion
         return replace(
