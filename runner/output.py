@@ -21,6 +21,10 @@ def worker_summary(stats: WorkerStats) -> str:
     )
     if stats.abandoned:
         line += f", {stats.abandoned} abandoned (cancelled or taken over)"
+    if stats.fenced_out:
+        line += f", {stats.fenced_out} results discarded (their runs were no longer ours)"
+    if stats.database_outages:
+        line += f", waited out {stats.database_outages} database outage(s)"
     return line
 
 

@@ -173,7 +173,7 @@ async def test_dead_worker_with_no_attempts_left_fails_the_run(
     assert await queue.claim(hot, "w", 1, lease=LEASE, now=T0 + 2 * LEASE) == []
     (run,) = await rows(engine, "SELECT state, error_type FROM runs")
     assert tuple(run) == ("failed", "lease_expired")
-    assert await queue.unfinished_count(engine) == 0
+    assert (await queue.unfinished(engine, None, [], T0 + 2 * LEASE)).count == 0
 
 
 async def test_concurrent_claimers_never_share_a_run(db_url: str, tmp_path: Path) -> None:

@@ -56,7 +56,6 @@ from runner.db.queue.replay import (
 from runner.db.queue.results import (
     Outcome,
     record,
-    unfinished_count,
     unfinished_endpoints,
 )
 from runner.db.queue.schedules import (
@@ -135,7 +134,6 @@ __all__ = [
     "store_prices",
     "tries_per_run",
     "unfinished",
-    "unfinished_count",
     "unfinished_endpoints",
     "unregister_worker",
     "with_model",

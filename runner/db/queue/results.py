@@ -13,7 +13,6 @@ from sqlalchemy import (
     Integer,
     and_,
     bindparam,
-    func,
     insert,
     select,
     update,
@@ -32,7 +31,6 @@ from runner.db.queue._common import (
     _SUCCESS_COLUMNS,
     QueueEngine,
     _in_rounds,
-    _not_for,
     _retry_deadlock,
     _transaction,
     sent_endpoint,
@@ -230,26 +228,6 @@ async def record(
         return [o for o in ordered if (o.run_id, o.attempt) not in kept]
 
     return await _retry_deadlock(lambda: _transaction(engine, write))
-
-
-async def unfinished_count(
-    engine: AsyncEngine,
-    round_ids: Sequence[int] | None = None,
-    exclude_endpoints: Sequence[str] = (),
-) -> int:
-    """Runs still queued or running (in ``round_ids``, or anywhere): burst workers exit at 0."""
-    async with engine.connect() as conn:
-        count = await conn.scalar(
-            select(func.count())
-            .select_from(Run)
-            .where(
-                Run.state.in_([RunState.QUEUED.value, RunState.RUNNING.value]),
-                _in_rounds(round_ids),
-                _not_for(exclude_endpoints),
-                visible_runs(),
-            )
-        )
-        return int(count or 0)
 
 
 async def unfinished_endpoints(
