@@ -150,6 +150,9 @@ class Run(Base):
     state: Mapped[str] = mapped_column(String(20))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer)
+    # The last attempt known to have been sent (written a few tens of ms after sending):
+    # a lease taken back from a dead worker counts its try only if it was sent.
+    sent_attempt: Mapped[int | None] = mapped_column(Integer)
     available_at: Mapped[datetime] = mapped_column(UTCDateTime)
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -14,7 +14,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from runner.config import WorkerConfig
@@ -53,8 +53,17 @@ class Tries:
         self.clock = clock
         self._auth_failures: dict[str, int] = {}
 
-    async def attempt(self, run: ClaimedRun, pool: EndpointPool) -> Outcome | None:
-        """One try of a run under its endpoint's limits; None if the endpoint was given up."""
+    async def attempt(
+        self,
+        run: ClaimedRun,
+        pool: EndpointPool,
+        sending: Callable[[int], Awaitable[None]],
+    ) -> Outcome | None:
+        """One try of a run under its endpoint's limits; None if the endpoint was given up.
+
+        ``sending(run_id)`` is awaited just before the request goes out: from then on the
+        try counts, even if the worker dies before its outcome is stored.
+        """
         limiter = self.limits.get(run.endpoint, run.model)
         client = pool.get(run.endpoint)
         # Counting prompt tokens costs more than the rest of a claim: only under a TPM limit.
@@ -63,6 +72,7 @@ class Tries:
         async with limiter.permit(estimate) as permit:
             if run.endpoint in self.stats.disabled_endpoints:
                 return None
+            await sending(run.run_id)
             started_at = self.clock()
             t0 = time.perf_counter()
             try:

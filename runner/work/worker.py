@@ -447,7 +447,7 @@ class Worker:
         with scope:
             self._executing += 1
             try:
-                outcome = await self.tries.attempt(run, pool)
+                outcome = await self.tries.attempt(run, pool, self._writer.sent)
                 if outcome is None:  # its endpoint was given up on while it waited
                     self.stats.released += await self._db(
                         "releasing a run",

@@ -6,12 +6,17 @@ each other and stores them together (``queue.record``, fenced: a run no longer t
 worker's gets its attempt logged as ``discarded``). Through a database outage it holds
 on to them and tries again (``Outage``), so responses already paid for are not lost;
 a batch stored again after a lost connection keeps nothing twice.
+
+It also writes which runs' requests went out (``runs.sent_attempt``), with the next
+batch or within ``WRITE_GATHER_SECONDS`` of the send: a worker killed after claiming
+runs ahead of its request slots leaves those it never sent with the try uncounted.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
@@ -24,7 +29,15 @@ from runner.work.stats import WorkerStats
 log = logging.getLogger("runner.worker")
 
 WRITE_BATCH = 500
+WRITE_ITEMS = 2 * WRITE_BATCH  # a batch's outcomes, and the notes of requests sent
 WRITE_GATHER_SECONDS = 0.05  # the writer waits this long to store results in one transaction
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A request slot is sending the run's request: its try counts."""
+
+    run_id: int
 
 
 class Writer:
@@ -44,8 +57,8 @@ class Writer:
         self.outage = outage
         self._busy = busy  # whether runs are still in flight (more results coming soon)
         # Room for a few write batches: request slots never wait for the database.
-        self._send, self._receive = anyio.create_memory_object_stream[Outcome](
-            4 * concurrency + WRITE_BATCH
+        self._send, self._receive = anyio.create_memory_object_stream[Outcome | Sent](
+            8 * concurrency + WRITE_BATCH
         )
         # Outcomes handed over and not yet stored, and an event for when none are.
         self.unstored = 0
@@ -64,6 +77,13 @@ class Writer:
                 self.unstored -= 1
                 raise
 
+    async def sent(self, run_id: int) -> None:
+        """Note that the run's request is going out (written with the next batch)."""
+        try:
+            self._send.send_nowait(Sent(run_id))
+        except anyio.WouldBlock:
+            await self._send.send(Sent(run_id))
+
     def close(self) -> None:
         """No more outcomes: ``run`` stores what it has, then returns."""
         self._send.close()
@@ -78,8 +98,10 @@ class Writer:
     async def run(self) -> None:
         async with self._receive:
             async for first in self._receive:
-                batch = await self._gather(first, self._receive)
-                discarded = await self._store(batch)
+                items = await self._gather(first, self._receive)
+                batch = [o for o in items if isinstance(o, Outcome)]
+                sent = [s.run_id for s in items if isinstance(s, Sent)]
+                discarded = await self._store(batch, sent)
                 self.unstored -= len(batch)
                 if not self.unstored:
                     self._stored.set()
@@ -93,7 +115,7 @@ class Writer:
                         len(discarded),
                     )
 
-    async def _store(self, batch: list[Outcome]) -> list[Outcome]:
+    async def _store(self, batch: list[Outcome], sent: list[int]) -> list[Outcome]:
         tries = 0
 
         async def record() -> list[Outcome]:
@@ -102,20 +124,22 @@ class Writer:
             # Shielded: a transaction cancelled midway can leave a SQLite connection
             # holding the lock. A stop can still cancel the waits between tries.
             with anyio.CancelScope(shield=True):
-                discarded = await queue.record(self.hot, self.owner, batch, again=tries > 1)
+                discarded = await queue.record(
+                    self.hot, self.owner, batch, sent=sent, again=tries > 1
+                )
             return discarded
 
         return await self.outage.call("storing results", record)
 
     async def _gather(
-        self, first: Outcome, receive: MemoryObjectReceiveStream[Outcome]
-    ) -> list[Outcome]:
+        self, first: Outcome | Sent, receive: MemoryObjectReceiveStream[Outcome | Sent]
+    ) -> list[Outcome | Sent]:
         """Results arriving within a few tens of ms of each other go into one transaction
         (no wait when nothing is in flight: no more results are coming soon)."""
-        if self._busy() and receive.statistics().current_buffer_used < WRITE_BATCH:
+        if self._busy() and receive.statistics().current_buffer_used < WRITE_ITEMS:
             await anyio.sleep(WRITE_GATHER_SECONDS)
-        batch = [first]
-        while len(batch) < WRITE_BATCH:
+        batch: list[Outcome | Sent] = [first]
+        while len(batch) < WRITE_ITEMS:
             try:
                 batch.append(receive.receive_nowait())
             except (anyio.EndOfStream, anyio.WouldBlock):

@@ -10,11 +10,13 @@ import json
 import random
 import signal
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from runner.localmodel.server import ServerOptions, running_server
-from tests.fakeserver import fake_server
+from tests.fakeserver import Received, Reply, completion, fake_server
 from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH, runner_process, sql, succeeded
 
 RUNNER = [sys.executable, "-m", "runner"]
@@ -104,6 +106,47 @@ def test_sigkill_at_random_moments_loses_nothing_and_stores_nothing_twice(
     ) == [(2000,)]
     # The kills hit work in progress: some runs were taken back from a dead worker.
     assert sql(db_url, "SELECT count(*) FROM runs WHERE attempts > 1")[0][0] > 0
+
+
+def test_a_kill_counts_the_tries_that_were_sent_and_no_others(tmp_path: Path, db_url: str) -> None:
+    """A worker claims up to four times its concurrency ahead of its request slots;
+    killed with four requests out, those four tries count and the others do not."""
+    answer = threading.Event()
+
+    def hang_until_answered(request: Received, count: int) -> Reply:
+        answer.wait(60)
+        return Reply(body=completion(request.json))
+
+    with fake_server(hang_until_answered) as server:
+        configure(
+            tmp_path, server.base_url, lease_seconds=1.5, heartbeat_seconds=0.5,
+            poll_seconds=0.05, concurrency=4,
+        )  # fmt: skip
+        submit = runner(
+            tmp_path, db_url, "submit", "--endpoint", "serve", str(write_jobs(tmp_path, 20))
+        )
+        assert submit.communicate(timeout=60)[0] is not None and submit.returncode == 0
+        proc = runner(tmp_path, db_url, "work")
+        deadline = time.monotonic() + 60
+        marked = "SELECT count(*) FROM runs WHERE sent_attempt = 1"
+        while sql(db_url, marked) != [(4,)] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(server.received) == 4 and sql(db_url, marked) == [(4,)]
+        assert sql(db_url, "SELECT count(*) FROM runs WHERE state = 'running'") == [(16,)]
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+        answer.set()
+        final = runner(tmp_path, db_url, "work", "--burst")
+        _, err = final.communicate(timeout=120)
+        assert final.returncode == 0, err
+    sent = Counter(r.json["seed"] for r in server.received)
+    assert len(server.received) == 24 and sorted(sent.values()) == [1] * 16 + [2] * 4
+    runs = sql(
+        db_url,
+        "SELECT j.seed, r.state, r.attempts FROM runs r JOIN jobs j ON j.id = r.job_id",
+    )
+    assert sorted(runs) == sorted((seed, "succeeded", sent[seed]) for seed in range(20))
+    assert sql(db_url, SUCCESS_ATTEMPTS_MISMATCH) == []
 
 
 def test_racing_workers_never_execute_a_run_twice(tmp_path: Path, db_url: str) -> None:

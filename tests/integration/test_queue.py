@@ -42,6 +42,11 @@ def success(run: queue.ClaimedRun, now: datetime, text: str = "ok") -> Outcome:
     )  # fmt: skip
 
 
+async def mark_sent(hot: queue.QueueEngine, owner: str, *runs: queue.ClaimedRun) -> None:
+    """As a worker's writer does once it has sent the runs' requests."""
+    assert await queue.record(hot, owner, [], sent=[r.run_id for r in runs]) == []
+
+
 async def test_claims_are_disjoint_and_carry_the_job(
     engine: AsyncEngine, hot: queue.QueueEngine, tmp_path: Path
 ) -> None:
@@ -68,6 +73,7 @@ async def test_expired_lease_is_taken_back_and_stale_owner_is_fenced_out(
 ) -> None:
     await submit_jobs(engine, tmp_path, 1)
     (old,) = await queue.claim(hot, "old", 1, lease=LEASE, now=T0)
+    await mark_sent(hot, "old", old)
     # Still leased: nobody else can take it.
     assert await queue.claim(hot, "new", 1, lease=LEASE, now=T0 + LEASE / 2) == []
     later = T0 + LEASE + timedelta(seconds=1)
@@ -169,11 +175,49 @@ async def test_dead_worker_with_no_attempts_left_fails_the_run(
     engine: AsyncEngine, hot: queue.QueueEngine, tmp_path: Path
 ) -> None:
     await submit_jobs(engine, tmp_path, 1, extra="max_attempts: 1\n")
-    await queue.claim(hot, "dead", 1, lease=LEASE, now=T0)
+    await mark_sent(hot, "dead", *await queue.claim(hot, "dead", 1, lease=LEASE, now=T0))
     assert await queue.claim(hot, "w", 1, lease=LEASE, now=T0 + 2 * LEASE) == []
     (run,) = await rows(engine, "SELECT state, error_type FROM runs")
     assert tuple(run) == ("failed", "lease_expired")
     assert (await queue.unfinished(engine, None, [], T0 + 2 * LEASE)).count == 0
+
+
+async def test_a_dead_workers_runs_it_never_sent_are_taken_back_without_counting_a_try(
+    engine: AsyncEngine, hot: queue.QueueEngine, tmp_path: Path
+) -> None:
+    """A worker claims runs ahead of its request slots; killed, it sent only some."""
+    await submit_jobs(engine, tmp_path, 3, extra="max_attempts: 2\n")
+    sent, unsent, retried = await queue.claim(hot, "dead", 3, lease=LEASE, now=T0)
+    # The third was tried once and is back in the queue; its last try is claimed, unsent.
+    retry = Outcome(
+        run_id=retried.run_id, attempt=1, started_at=T0, finished_at=T0, latency_ms=5,
+        outcome="retry", http_status=503, error_type="server_error", error_message="busy",
+    )  # fmt: skip
+    await mark_sent(hot, "dead", sent, retried)
+    assert await queue.record(hot, "dead", [retry]) == []
+    (again,) = await queue.claim(hot, "dead", 1, lease=LEASE, now=T0)
+    assert (again.run_id, again.attempt) == (retried.run_id, 2)
+    later = T0 + 2 * LEASE
+    taken = await queue.claim(hot, "w", 3, lease=LEASE, now=later)
+    # Only the sent try counts; the run at its last attempt, never sent, does not fail.
+    assert sorted((r.run_id, r.attempt) for r in taken) == [
+        (sent.run_id, 2),
+        (unsent.run_id, 1),
+        (retried.run_id, 2),
+    ]
+    await mark_sent(hot, "w", *taken)
+    assert await queue.record(hot, "w", [success(r, later) for r in taken]) == []
+    states = await rows(engine, "SELECT state, attempts, sent_attempt FROM runs ORDER BY id")
+    assert [tuple(r) for r in states] == [
+        ("succeeded", 2, 2),
+        ("succeeded", 1, 1),
+        ("succeeded", 2, 2),
+    ]
+    attempts = await rows(engine, "SELECT run_id, number, outcome FROM attempts ORDER BY id")
+    assert [tuple(a) for a in attempts] == [
+        (retried.run_id, 1, "retry"),
+        *sorted((r.run_id, r.attempt, "succeeded") for r in taken),
+    ]
 
 
 async def test_concurrent_claimers_never_share_a_run(db_url: str, tmp_path: Path) -> None:
@@ -223,6 +267,7 @@ async def test_two_tries_of_a_run_stored_together_only_the_held_one_succeeds(
     """A stale try and the try that holds the run, in one batch of outcomes."""
     await submit_jobs(engine, tmp_path, 1)
     (first,) = await queue.claim(hot, "a", 1, lease=LEASE, now=T0)
+    await mark_sent(hot, "a", first)
     later = T0 + 2 * LEASE
     (second,) = await queue.claim(hot, "b", 1, lease=LEASE, now=later)
     # "b" also got "a"'s late result to store (as one worker holding both tries would).

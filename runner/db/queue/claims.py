@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     and_,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -108,10 +109,14 @@ def _claim_statements(in_rounds: bool, excluding: bool) -> _ClaimStatements:
             .scalar_subquery()
         )
 
+    # Whether the expired lease's try was sent: a worker writes that a few tens of ms after
+    # sending (``runs.sent_attempt``). One that died first, or that had claimed the run
+    # ahead of a free request slot, never sent it: taking it back does not count a try.
+    sent = func.coalesce(Run.sent_attempt, 0) >= Run.attempts
     # A run whose worker died with no attempts left fails instead of looping forever.
     fail_exhausted = (
         update(Run)
-        .where(Run.id.in_(pick(expired, Run.attempts >= Run.max_attempts)))
+        .where(Run.id.in_(pick(expired, sent, Run.attempts >= Run.max_attempts)))
         .values(
             state=RunState.FAILED.value,
             finished_at=_NOW,
@@ -126,7 +131,7 @@ def _claim_statements(in_rounds: bool, excluding: bool) -> _ClaimStatements:
     take_back = (
         update(Run)
         .where(Run.id.in_(pick(expired, order=(Run.lease_expires_at,))))
-        .values(**lease, attempts=Run.attempts + 1)
+        .values(**lease, attempts=Run.attempts + case((sent, 1), else_=0))
         .returning(*_RETURNING)
     )
     queued = pick(

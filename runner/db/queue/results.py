@@ -180,8 +180,28 @@ def _recorded_statement() -> Any:
     )
 
 
+@functools.cache
+def _sent_statement() -> Any:
+    """Mark the runs among ``ids`` that ``owner`` holds as sent at their current attempt."""
+    return (
+        update(Run)
+        .where(
+            Run.id.in_(bindparam("ids", expanding=True)),
+            Run.state == RunState.RUNNING.value,
+            Run.lease_owner == bindparam("owner"),
+        )
+        .values(sent_attempt=Run.attempts)
+        .execution_options(synchronize_session=False)
+    )
+
+
 async def record(
-    engine: QueueEngine, owner: str, outcomes: Sequence[Outcome], *, again: bool = False
+    engine: QueueEngine,
+    owner: str,
+    outcomes: Sequence[Outcome],
+    *,
+    sent: Sequence[int] = (),
+    again: bool = False,
 ) -> list[Outcome]:
     """Store a batch of outcomes in one transaction; returns those that were discarded.
 
@@ -192,24 +212,33 @@ async def record(
     ``release`` do, so they cannot deadlock, and no one can take a run over between the
     check and the store.
 
+    ``sent``: runs whose request this worker has sent since the last batch; their try
+    counts if the worker dies before storing its outcome (``runs.sent_attempt``).
+
     ``again``: this batch is being stored again after an error that may have hidden a
     commit (a connection lost during it): outcomes whose attempt row this worker already
     wrote are left out, so nothing is stored twice.
     """
     ordered = sorted(outcomes, key=lambda o: o.run_id)
     ids = [o.run_id for o in ordered]
+    # Locked together, in id order, so that the marks cannot deadlock with a heartbeat.
+    locked = sorted(set(ids).union(sent))
 
     def write(conn: Connection) -> list[Outcome]:
         nonlocal ordered
         if again:  # the last try may have committed before its connection was lost
             done = set(conn.execute(_recorded_statement(), {"ids": ids, "owner": owner}).all())
             ordered = [o for o in ordered if (o.run_id, o.attempt) not in done]
-            if not ordered:
-                return []
+        if not ordered and not sent:
+            return []
         held = {
             row.id: row.attempts
-            for row in conn.execute(_held_statement(), {"ids": ids, "owner": owner})
+            for row in conn.execute(_held_statement(), {"ids": locked, "owner": owner})
         }
+        if sent:
+            conn.execute(_sent_statement(), {"ids": list(sent), "owner": owner})
+        if not ordered:
+            return []
         stored = [o for o in ordered if held.get(o.run_id) == o.attempt]
         if stored:
             params = [_outcome_params(owner, o) for o in stored]
