@@ -23,6 +23,10 @@ The plain path (no stop strings, penalties or logprobs) uses per-context cumulat
 cached per (temperature, top_p); the general path computes the same numbers, so asking for
 logprobs or stop strings never changes which tokens are drawn.
 
+Simulated nondeterminism (``generate(..., noise=...)``) takes the general path: it draws the
+deterministic path once to learn its length, then again with one draw replaced by another
+plausible token, the way a server whose batch-dependent kernels moved a logit diverges.
+
 Determinism rules kept here: no ``hash()``, no set iteration, no global random state; token
 ids, counts and candidate order follow the corpus order; float totals go through
 ``math.fsum`` (exact) or plain IEEE additions, never ``sum()``, whose float algorithm changed
@@ -417,9 +421,29 @@ class LanguageModel:
         index = bisect_right(cumulative, rng.random() * running)
         return self._tables[min(index, len(weights) - 1)]
 
-    def generate(self, prompt: str, params: SamplingParams, rng: random.Random) -> Generation:
-        """One completion conditioned on ``prompt``, drawn with ``rng``."""
+    def generate(
+        self,
+        prompt: str,
+        params: SamplingParams,
+        rng: random.Random,
+        noise: random.Random | None = None,
+    ) -> Generation:
+        """One completion conditioned on ``prompt``, drawn with ``rng``.
+
+        With ``noise`` (server-side randomness, never the request's) the completion leaves
+        the path ``rng`` alone would draw at a position after the first token, chosen by
+        ``noise`` uniformly among the draws of that path: the text before it is
+        byte-identical, there another plausible token is taken (see :meth:`_alternative`),
+        and the rest follows from there. A path of a single draw cannot leave it.
+        """
         table = self._choose_table(prompt, rng, params.temperature == 0.0)
+        if noise is not None:
+            probe = random.Random()
+            probe.setstate(rng.getstate())
+            reference, draws = self._run_general(table, params, probe)
+            if draws < 2:
+                return reference
+            return self._run_general(table, params, rng, (noise.randrange(1, draws), noise))[0]
         plain = (
             not params.stop
             and params.top_logprobs is None
@@ -435,7 +459,7 @@ class LanguageModel:
                 completion_tokens=len(tokens),
                 finish_reason="stop" if ended else "length",
             )
-        return self._run_general(table, params, rng)
+        return self._run_general(table, params, rng)[0]
 
     def _run_plain(
         self, table: _Table, params: SamplingParams, rng: random.Random
@@ -460,7 +484,18 @@ class LanguageModel:
             last = token
         return out, False
 
-    def _run_general(self, table: _Table, params: SamplingParams, rng: random.Random) -> Generation:
+    def _run_general(
+        self,
+        table: _Table,
+        params: SamplingParams,
+        rng: random.Random,
+        diverge: tuple[int, random.Random] | None = None,
+    ) -> tuple[Generation, int]:
+        """The completion and how many tokens were drawn (an end of text counts as one).
+
+        ``diverge`` is (draw index, noise generator): that draw takes another token.
+        """
+        diverge_at, noise = diverge if diverge is not None else (-1, None)
         temperature, top_p = params.temperature, params.top_p
         penalised = params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
         memo = table.shapes(temperature, top_p)
@@ -470,7 +505,8 @@ class LanguageModel:
         text, cut, ended = "", -1, False
         longest_stop = max((len(stop) for stop in params.stop), default=0)
         key, last = self._start_key, _PARA
-        for _ in range(params.max_tokens):
+        draws = params.max_tokens
+        for step in range(params.max_tokens):
             tokens, probs = table.dist(key)
             weights: list[float] | None = None
             if penalised:
@@ -483,8 +519,12 @@ class LanguageModel:
             else:
                 entry = memo.get(key) or table.shaped(key, temperature, top_p, memo)
                 token = entry[0][bisect_right(entry[1], rng.random() * entry[2])]
+            if step == diverge_at and noise is not None:
+                if weights is None:
+                    weights = _temper(probs, temperature or 1.0)
+                token = _alternative(token, tokens, weights, temperature, top_p, noise)
             if token == _EOS:
-                ended = True
+                ended, draws = True, step + 1
                 break
             ids.append(token)
             seen[token] = seen.get(token, 0) + 1
@@ -496,7 +536,7 @@ class LanguageModel:
             text += self._vocab[token]
             cut = _find_stop(text, params.stop, start)
             if cut >= 0:
-                ended = True
+                ended, draws = True, step + 1
                 break
             restart = self._reset[token]
             key = restart if restart else last * self._v + token
@@ -509,13 +549,14 @@ class LanguageModel:
                 offset += len(pieces[kept])
                 kept += 1
             pieces, logprobs = pieces[:kept], logprobs[:kept]
-        return Generation(
+        generation = Generation(
             text=text,
             tokens=pieces,
             completion_tokens=len(ids),
             finish_reason="stop" if ended else "length",
             logprobs=tuple(logprobs) if params.top_logprobs is not None else None,
         )
+        return generation, draws
 
     def _logprob(
         self, token: int, tokens: tuple[int, ...], weights: list[float], k: int
@@ -556,6 +597,36 @@ def _penalise(
     weights = [math.exp(logit - top) for logit in logits]
     order = sorted(range(len(tokens)), key=lambda index: (-weights[index], tokens[index]))
     return tuple(tokens[index] for index in order), [weights[index] for index in order]
+
+
+def _alternative(
+    token: int,
+    tokens: tuple[int, ...],
+    weights: list[float],
+    temperature: float,
+    top_p: float,
+    noise: random.Random,
+) -> int:
+    """Another plausible token than ``token``, as a server whose kernels moved a logit takes.
+
+    At temperature 0 the runner-up; otherwise a draw from the nucleus without ``token``
+    (the runner-up if ``token`` was all of it). ``tokens`` falls in ``weights``.
+    """
+    others = [index for index, other in enumerate(tokens) if other != token]
+    if not others:
+        return token  # a context with a single candidate: nothing else is plausible
+    if temperature != 0.0:
+        kept = len(_nucleus(tokens, weights, top_p)[0])
+        nucleus = [index for index in others if index < kept]
+        if nucleus:
+            cumulative: list[float] = []
+            running = 0.0
+            for index in nucleus:
+                running += weights[index]
+                cumulative.append(running)
+            pick = bisect_right(cumulative, noise.random() * running)
+            return tokens[nucleus[min(pick, len(nucleus) - 1)]]
+    return tokens[others[0]]
 
 
 def _find_stop(text: str, stops: tuple[str, ...], start: int) -> int:
