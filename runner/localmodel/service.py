@@ -171,11 +171,9 @@ class LocalModelService:
         else:
             # A variant is another backend: it never shows a fingerprint of the model it
             # changes, so each listed value stands for one derived from it and the variant.
+            digest = self._model.fingerprint_digest
             self._fingerprints = tuple(
-                "fp_"
-                + hashlib.sha256(f"{self._model.fingerprint_digest}\0{fp}".encode()).hexdigest()[
-                    :10
-                ]
+                "fp_" + hashlib.sha256(f"{digest}\0{fp}".encode()).hexdigest()[:10]
                 for fp in check_fingerprints(fingerprints)
             )
         if noise_seed is not None and (
