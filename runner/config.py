@@ -36,8 +36,14 @@ class EndpointConfig:
     api_key_env: str | None = None
     # Seconds before one HTTP try is abandoned (and retried).
     timeout: float = 120.0
-    # The built-in local model: which model variant answers (None = the default model).
+    # The built-in local model: which model variant answers (None = the default model),
+    # the probability that a seeded choice leaves its seeded path, the system_fingerprint
+    # values served (None = the model's own) and the seed of those server-side draws
+    # (None = fresh each process). See runner.localmodel.service.
     variant: str | None = None
+    nondeterminism: float = 0.0
+    fingerprints: tuple[str, ...] | None = None
+    noise_seed: int | None = None
     # Rate limits of the whole endpoint (one API key), shared by all live workers.
     # None = not configured: the worker learns them from x-ratelimit-* headers.
     rpm: int | None = None
@@ -186,6 +192,9 @@ ENDPOINT_KEYS = {
     "api_key_env",
     "timeout",
     "variant",
+    "nondeterminism",
+    "fingerprints",
+    "noise_seed",
     "rpm",
     "tpm",
     "max_concurrency",
@@ -234,10 +243,49 @@ def _parse_endpoint(name: str, raw: Any, where: str, base: EndpointConfig | None
             values[key] = _number(raw[key], f"{where}.{key}", minimum=1, integer=True)
     if "models" in raw:
         values["models"] = _parse_models(raw["models"], f"{where}.models")
+    values.update(_parse_local_noise(raw, etype, where))
     if etype == "openai" and not values.get("base_url") and not (base and base.base_url):
         raise ConfigError(f"{where}.base_url: required for an 'openai' endpoint")
     start = base if base and base.type == etype else EndpointConfig(name=name, type=etype)
     return replace(start, **values)
+
+
+LOCAL_NOISE_KEYS = ("nondeterminism", "fingerprints", "noise_seed")
+
+
+def _parse_local_noise(raw: Mapping[str, Any], etype: str, where: str) -> dict[str, Any]:
+    """The built-in model's server-side noise: nondeterminism, fingerprints, noise_seed."""
+    given = [key for key in LOCAL_NOISE_KEYS if key in raw]
+    if given and etype != "local":
+        raise ConfigError(f"{where}.{given[0]}: only a type = 'local' endpoint takes it")
+    values: dict[str, Any] = {}
+    if "nondeterminism" in raw:
+        value = raw["nondeterminism"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+            raise ConfigError(
+                f"{where}.nondeterminism: must be a number from 0 to 1, got {value!r}"
+            )
+        values["nondeterminism"] = float(value)
+    if "fingerprints" in raw:
+        value = raw["fingerprints"]
+        if not isinstance(value, list) or not value:
+            raise ConfigError(
+                f"{where}.fingerprints: must be a non-empty list of strings, got {value!r}"
+            )
+        for item in value:
+            if not isinstance(item, str) or not item:
+                raise ConfigError(
+                    f"{where}.fingerprints: every value must be a non-empty string, got {item!r}"
+                )
+        if len(set(value)) != len(value):
+            raise ConfigError(f"{where}.fingerprints: values must be distinct, got {value!r}")
+        values["fingerprints"] = tuple(value)
+    if "noise_seed" in raw:
+        value = raw["noise_seed"]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}.noise_seed: must be an integer, got {value!r}")
+        values["noise_seed"] = value
+    return values
 
 
 def _parse_worker(raw: Mapping[str, Any], where: str) -> WorkerConfig:

@@ -70,6 +70,30 @@ from runner.db import engine as db
     show_envvar=True,
     help="Seed of the latency and fault draws, so a fault pattern repeats.",
 )
+@click.option(
+    "--nondeterminism",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    show_envvar=True,
+    help="Probability (0 to 1) that a seeded request leaves its seeded output at a random "
+    "token after the first (the text before it is identical), as real servers do when "
+    "batch-dependent GPU kernels move a logit; unseeded requests are unaffected.",
+)
+@click.option(
+    "--fingerprints",
+    callback=lambda _ctx, _param, value: _parse_fingerprints(value),
+    show_envvar=True,
+    help="Comma-separated system_fingerprint values, one drawn per response as OpenAI "
+    "does; the text never depends on it. With --variant each value stands for one derived "
+    "from it and the variant. [default: the model's own]",
+)
+@click.option(
+    "--noise-seed",
+    type=int,
+    show_envvar=True,
+    help="Seed of the --nondeterminism and --fingerprints draws, so they repeat "
+    "[default: fresh at every start]",
+)
 def serve_cmd(
     host: str,
     port: int,
@@ -81,6 +105,9 @@ def serve_cmd(
     hang_s: float,
     variant: str | None,
     seed: int,
+    nondeterminism: float,
+    fingerprints: tuple[str, ...] | None,
+    noise_seed: int | None,
 ) -> None:
     """Serve the built-in local model over HTTP (OpenAI chat completions, embeddings, models).
 
@@ -100,11 +127,27 @@ def serve_cmd(
             hang_s=hang_s,
             variant=variant,
             seed=seed,
+            nondeterminism=nondeterminism,
+            fingerprints=fingerprints,
+            noise_seed=noise_seed,
             log_level="warning",
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     run_server(options)
+
+
+def _parse_fingerprints(value: str | None) -> tuple[str, ...] | None:
+    """``--fingerprints fp_a,fp_b`` as a tuple; every value non-empty and distinct."""
+    if value is None:
+        return None
+    from runner.localmodel.service import check_fingerprints
+
+    try:
+        items = [item.strip() for item in value.split(",")] if value.strip() else []
+        return check_fingerprints(items)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @main.group("db")

@@ -258,9 +258,13 @@ class EndpointClient:
 
             api_key = "local"
             base_url = LOCAL_BASE_URL
-            http_client = httpx2.AsyncClient(
-                transport=LocalTransport(LocalModelService(variant=config.variant))
+            service = LocalModelService(
+                variant=config.variant,
+                nondeterminism=config.nondeterminism,
+                fingerprints=config.fingerprints,
+                noise_seed=config.noise_seed,
             )
+            http_client = httpx2.AsyncClient(transport=LocalTransport(service))
         else:
             problem = config.missing_key(env)
             if problem:

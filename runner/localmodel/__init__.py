@@ -8,10 +8,13 @@ that changes with the model, embeddings, OpenAI-style errors and rate limits.
 Modules
     tokenizer   text <-> tokens; usage counts
     corpus      the shipped training text, its topic sections and prompt scoring
+    sampling    the arithmetic of one draw: temperature, nucleus, penalties, stops, and
+                the other token a diverging server takes
     model       training, the distributions and the sampler
     params      request validation with OpenAI's error semantics
     embeddings  hashed bag-of-words vectors
-    service     the transport-agnostic protocol core (``LocalModelService.handle``)
+    service     the transport-agnostic protocol core (``LocalModelService.handle``, and
+                ``complete`` for a body as a dict), seeding, server-side noise
     transport   ``httpx2`` transports for the openai SDK, no socket
     server      Starlette + uvicorn, with latency, rate limits and faults (import it
                 explicitly: it pulls in the server stack)

@@ -23,6 +23,10 @@ The plain path (no stop strings, penalties or logprobs) uses per-context cumulat
 cached per (temperature, top_p); the general path computes the same numbers, so asking for
 logprobs or stop strings never changes which tokens are drawn.
 
+Simulated nondeterminism (``generate(..., noise=...)``) takes the general path: it draws the
+deterministic path once to learn its length, then again with one draw replaced by another
+plausible token, the way a server whose batch-dependent kernels moved a logit diverges.
+
 Determinism rules kept here: no ``hash()``, no set iteration, no global random state; token
 ids, counts and candidate order follow the corpus order; float totals go through
 ``math.fsum`` (exact) or plain IEEE additions, never ``sum()``, whose float algorithm changed
@@ -43,6 +47,15 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 from runner.localmodel.corpus import TopicIndex, corpus_text, parse_sections
+from runner.localmodel.sampling import (
+    SamplingParams,
+    Shaped,
+    alternative,
+    find_stop,
+    nucleus,
+    penalise,
+    temper,
+)
 from runner.localmodel.tokenizer import is_sentence_end, tokenize
 
 __all__ = [
@@ -102,19 +115,6 @@ class Hyperparameters:
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    """Per-choice sampling settings, already validated by the caller."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 256
-    stop: tuple[str, ...] = ()
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    top_logprobs: int | None = None  # None: no logprobs; k: logprobs with k alternatives
-
-
-@dataclass(frozen=True)
 class TokenLogprob:
     """One generated token with its log-probability and the k most likely alternatives."""
 
@@ -135,7 +135,6 @@ class Generation:
 
 
 _Dist = tuple[tuple[int, ...], tuple[float, ...]]  # candidates by falling probability, probs
-_Shaped = tuple[tuple[int, ...], tuple[float, ...], float]  # candidates, cumulative, total
 
 
 @dataclass
@@ -182,7 +181,7 @@ class _Table:
         self._lock = threading.Lock()
         self._bigram: dict[int, _Dist] = {}
         self._trigram: dict[int, _Dist] = {}
-        self._shapes: dict[tuple[float, float], dict[int, _Shaped]] = {}
+        self._shapes: dict[tuple[float, float], dict[int, Shaped]] = {}
         self._unigram = self._unigram_dist(free_words)
 
     def _unigram_dist(self, free_words: frozenset[int]) -> dict[int, float]:
@@ -270,7 +269,7 @@ class _Table:
             self._trigram[key] = dist
         return dist
 
-    def shapes(self, temperature: float, top_p: float) -> dict[int, _Shaped]:
+    def shapes(self, temperature: float, top_p: float) -> dict[int, Shaped]:
         """The memo of shaped distributions for one (temperature, top_p)."""
         shape_key = (temperature, top_p)
         memo = self._shapes.get(shape_key)
@@ -281,40 +280,17 @@ class _Table:
                 memo = self._shapes.setdefault(shape_key, {})
         return memo
 
-    def shaped(
-        self, key: int, temperature: float, top_p: float, memo: dict[int, _Shaped]
-    ) -> _Shaped:
+    def shaped(self, key: int, temperature: float, top_p: float, memo: dict[int, Shaped]) -> Shaped:
         """Cumulative weights for sampling at ``key``; stored in ``memo``."""
         tokens, probs = self.dist(key)
         if temperature == 0.0:
-            entry: _Shaped = ((tokens[0],), (1.0,), 1.0)
+            entry: Shaped = ((tokens[0],), (1.0,), 1.0)
         else:
-            entry = _nucleus(tokens, _temper(probs, temperature), top_p)
+            entry = nucleus(tokens, temper(probs, temperature), top_p)
         if len(memo) >= _CACHE_LIMIT:
             memo.clear()
         memo[key] = entry
         return entry
-
-
-def _temper(probs: tuple[float, ...], temperature: float) -> list[float]:
-    if temperature == 1.0:
-        return list(probs)
-    exponent = 1.0 / temperature
-    return [prob**exponent for prob in probs]
-
-
-def _nucleus(tokens: tuple[int, ...], weights: list[float], top_p: float) -> _Shaped:
-    """Keep the smallest prefix holding ``top_p`` of the mass (at least one token)."""
-    threshold = top_p * math.fsum(weights)
-    cumulative: list[float] = []
-    running = 0.0
-    for weight in weights:
-        running += weight
-        cumulative.append(running)
-        if running >= threshold:
-            break
-    kept = len(cumulative)
-    return tokens[:kept], tuple(cumulative), cumulative[-1]
 
 
 def _unit(variant: str, label: str) -> float:
@@ -417,8 +393,21 @@ class LanguageModel:
         index = bisect_right(cumulative, rng.random() * running)
         return self._tables[min(index, len(weights) - 1)]
 
-    def generate(self, prompt: str, params: SamplingParams, rng: random.Random) -> Generation:
-        """One completion conditioned on ``prompt``, drawn with ``rng``."""
+    def generate(
+        self,
+        prompt: str,
+        params: SamplingParams,
+        rng: random.Random,
+        noise: random.Random | None = None,
+    ) -> Generation:
+        """One completion conditioned on ``prompt``, drawn with ``rng``.
+
+        With ``noise`` (server-side randomness, never the request's) the completion leaves
+        the path ``rng`` alone would draw at a position after the first token, chosen by
+        ``noise`` uniformly among the draws of that path: the text before it is
+        byte-identical, there another plausible token is taken (see :meth:`_alternative`),
+        and the rest follows from there. A path of a single draw cannot leave it.
+        """
         table = self._choose_table(prompt, rng, params.temperature == 0.0)
         plain = (
             not params.stop
@@ -426,6 +415,17 @@ class LanguageModel:
             and params.presence_penalty == 0.0
             and params.frequency_penalty == 0.0
         )
+        if noise is not None:
+            probe = random.Random()
+            probe.setstate(rng.getstate())
+            if plain:
+                ids, ended = self._run_plain(table, params, probe)
+                draws = len(ids) + ended
+            else:
+                draws = self._run_general(table, params, probe)[1]
+            if draws >= 2:
+                diverge = (noise.randrange(1, draws), noise)
+                return self._run_general(table, params, rng, diverge)[0]
         if plain:
             ids, ended = self._run_plain(table, params, rng)
             tokens = tuple(self._vocab[token] for token in ids)
@@ -435,7 +435,7 @@ class LanguageModel:
                 completion_tokens=len(tokens),
                 finish_reason="stop" if ended else "length",
             )
-        return self._run_general(table, params, rng)
+        return self._run_general(table, params, rng)[0]
 
     def _run_plain(
         self, table: _Table, params: SamplingParams, rng: random.Random
@@ -460,7 +460,18 @@ class LanguageModel:
             last = token
         return out, False
 
-    def _run_general(self, table: _Table, params: SamplingParams, rng: random.Random) -> Generation:
+    def _run_general(
+        self,
+        table: _Table,
+        params: SamplingParams,
+        rng: random.Random,
+        diverge: tuple[int, random.Random] | None = None,
+    ) -> tuple[Generation, int]:
+        """The completion and how many tokens were drawn (an end of text counts as one).
+
+        ``diverge`` is (draw index, noise generator): that draw takes another token.
+        """
+        diverge_at, noise = diverge if diverge is not None else (-1, None)
         temperature, top_p = params.temperature, params.top_p
         penalised = params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
         memo = table.shapes(temperature, top_p)
@@ -470,33 +481,38 @@ class LanguageModel:
         text, cut, ended = "", -1, False
         longest_stop = max((len(stop) for stop in params.stop), default=0)
         key, last = self._start_key, _PARA
-        for _ in range(params.max_tokens):
+        draws = params.max_tokens
+        for step in range(params.max_tokens):
             tokens, probs = table.dist(key)
             weights: list[float] | None = None
             if penalised:
-                tokens, weights = _penalise(tokens, probs, seen, params, temperature or 1.0)
+                tokens, weights = penalise(tokens, probs, seen, params, temperature or 1.0)
                 if temperature == 0.0:
                     token = tokens[0]
                 else:
-                    shaped = _nucleus(tokens, weights, top_p)
+                    shaped = nucleus(tokens, weights, top_p)
                     token = shaped[0][bisect_right(shaped[1], rng.random() * shaped[2])]
             else:
                 entry = memo.get(key) or table.shaped(key, temperature, top_p, memo)
                 token = entry[0][bisect_right(entry[1], rng.random() * entry[2])]
+            if step == diverge_at and noise is not None:
+                if weights is None:
+                    weights = temper(probs, temperature or 1.0)
+                token = alternative(token, tokens, weights, temperature, top_p, noise)
             if token == _EOS:
-                ended = True
+                ended, draws = True, step + 1
                 break
             ids.append(token)
             seen[token] = seen.get(token, 0) + 1
             if params.top_logprobs is not None:
                 if weights is None:
-                    weights = _temper(probs, temperature or 1.0)
+                    weights = temper(probs, temperature or 1.0)
                 logprobs.append(self._logprob(token, tokens, weights, params.top_logprobs))
             start = max(0, len(text) - longest_stop + 1)
             text += self._vocab[token]
-            cut = _find_stop(text, params.stop, start)
+            cut = find_stop(text, params.stop, start)
             if cut >= 0:
-                ended = True
+                ended, draws = True, step + 1
                 break
             restart = self._reset[token]
             key = restart if restart else last * self._v + token
@@ -509,13 +525,14 @@ class LanguageModel:
                 offset += len(pieces[kept])
                 kept += 1
             pieces, logprobs = pieces[:kept], logprobs[:kept]
-        return Generation(
+        generation = Generation(
             text=text,
             tokens=pieces,
             completion_tokens=len(ids),
             finish_reason="stop" if ended else "length",
             logprobs=tuple(logprobs) if params.top_logprobs is not None else None,
         )
+        return generation, draws
 
     def _logprob(
         self, token: int, tokens: tuple[int, ...], weights: list[float], k: int
@@ -531,36 +548,6 @@ class LanguageModel:
             (self._vocab[tokens[i]], log_share(weights[i])) for i in range(min(k, len(tokens)))
         )
         return TokenLogprob(self._vocab[token], chosen, top)
-
-
-def _penalise(
-    tokens: tuple[int, ...],
-    probs: tuple[float, ...],
-    seen: dict[int, int],
-    params: SamplingParams,
-    temperature: float,
-) -> tuple[tuple[int, ...], list[float]]:
-    """Tempered weights after OpenAI's presence/frequency penalties, re-sorted if they moved.
-
-    A penalty is subtracted from the logit before temperature: weight = exp((log p - pen) / T).
-    """
-    hits = [index for index, token in enumerate(tokens) if token in seen]
-    if not hits:
-        return tokens, _temper(probs, temperature)
-    logits = [math.log(prob) / temperature for prob in probs]
-    for index in hits:
-        count = seen[tokens[index]]
-        penalty = params.frequency_penalty * count + params.presence_penalty
-        logits[index] -= penalty / temperature
-    top = max(logits)  # scale to the largest, so exp() never overflows
-    weights = [math.exp(logit - top) for logit in logits]
-    order = sorted(range(len(tokens)), key=lambda index: (-weights[index], tokens[index]))
-    return tuple(tokens[index] for index in order), [weights[index] for index in order]
-
-
-def _find_stop(text: str, stops: tuple[str, ...], start: int) -> int:
-    found = [index for index in (text.find(stop, start) for stop in stops) if index >= 0]
-    return min(found) if found else -1
 
 
 _MODELS: dict[str | None, LanguageModel] = {}

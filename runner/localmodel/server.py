@@ -34,7 +34,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from runner.localmodel.service import MODEL_ID, LocalModelService, error_body
+from runner.localmodel.service import (
+    MODEL_ID,
+    LocalModelService,
+    check_fingerprints,
+    check_nondeterminism,
+    error_body,
+)
 
 __all__ = [
     "FAULT_KINDS",
@@ -78,6 +84,9 @@ class ServerOptions:
     fail_rate: float = 0.0  # share of requests that get a fault from ``faults``
     variant: str | None = None  # simulate a backend update: other outputs, other fingerprint
     seed: int = 0  # seeds latency and fault draws, so a run's fault pattern repeats
+    nondeterminism: float = 0.0  # probability that a seeded choice leaves its seeded path
+    fingerprints: tuple[str, ...] | None = None  # served system_fingerprints; None: the model's
+    noise_seed: int | None = None  # seeds the two above's draws; None: fresh at every start
     faults: tuple[str, ...] = FAULT_KINDS
     hang_s: float = 60.0  # how long a "timeout" fault holds the request before closing
     log_level: str = "info"
@@ -97,6 +106,18 @@ class ServerOptions:
             raise ValueError(f"faults must be a non-empty subset of {FAULT_KINDS}, got {unknown}")
         if self.hang_s < 0:
             raise ValueError(f"hang_s must not be negative, got {self.hang_s}")
+        check_nondeterminism(self.nondeterminism)
+        if self.fingerprints is not None:
+            check_fingerprints(self.fingerprints)
+
+    def service(self) -> LocalModelService:
+        """The model these options serve: variant and server-side noise."""
+        return LocalModelService(
+            self.variant,
+            nondeterminism=self.nondeterminism,
+            fingerprints=self.fingerprints,
+            noise_seed=self.noise_seed,
+        )
 
 
 def _duration(seconds: float) -> str:
@@ -245,7 +266,7 @@ def _fault_response(kind: str, hang_s: float, rng: random.Random) -> Response:
 
 def create_app(options: ServerOptions, service: LocalModelService | None = None) -> Starlette:
     """The ASGI app: limits, latency and faults in front of the service."""
-    service = service if service is not None else LocalModelService(options.variant)
+    service = service if service is not None else options.service()
     limiter = _RateLimiter(options.rpm, options.tpm)
     latency_rng = random.Random(f"latency:{options.seed}")
     fault_rng = random.Random(f"faults:{options.seed}")
@@ -315,9 +336,10 @@ def _config(options: ServerOptions, service: LocalModelService | None) -> uvicor
 
 def run_server(options: ServerOptions) -> None:
     """Serve in the foreground until interrupted (SIGINT/SIGTERM stop it gracefully)."""
-    service = LocalModelService(options.variant)
+    service = options.service()
+    noise = f", nondeterminism {service.nondeterminism:g}" if service.nondeterminism else ""
     print(
-        f"seed-runner local model {MODEL_ID} ({service.system_fingerprint}) at "
+        f"seed-runner local model {MODEL_ID} ({', '.join(service.fingerprints)}{noise}) at "
         f"http://{options.host}:{options.port}/v1",
         file=sys.stderr,
     )

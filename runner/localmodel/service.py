@@ -15,15 +15,26 @@ presence and frequency penalties) and ``i``. Fields that only cut or annotate th
 (``max_tokens``, ``stop``, ``n``, ``logprobs``, ``response_format``, ``model``) stay out, so a
 smaller ``max_tokens`` returns a prefix of the longer answer and choice 0 is the same for
 any ``n``. Without a seed the base comes from ``secrets``, so every call differs.
+
+Server-side noise (off by default), drawn from the service's own generators, never from a
+request: with ``nondeterminism`` P, each choice of a seeded request leaves its seeded path
+with probability P at a token after the first (``LanguageModel.generate``'s ``noise``), as
+real servers do when batch-dependent GPU kernels move a logit; with several
+``fingerprints`` each response carries one drawn at random, as OpenAI's do. Which
+fingerprint is served never changes the text. ``noise_seed`` makes both sequences repeat
+for tests and benchmarks; by default they start from fresh OS entropy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import secrets
+import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +61,8 @@ __all__ = [
     "MODEL_ID",
     "LocalModelService",
     "LocalResponse",
+    "check_fingerprints",
+    "check_nondeterminism",
     "error_body",
 ]
 
@@ -107,12 +120,74 @@ def _prompt_tokens(request: ChatRequest) -> int:
     return total
 
 
-class LocalModelService:
-    """The built-in model behind an OpenAI-compatible request/response interface."""
+def check_nondeterminism(value: object) -> float:
+    """``value`` as a probability; ValueError naming ``nondeterminism`` otherwise."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and 0.0 <= value <= 1.0)
+    ):
+        raise ValueError(f"nondeterminism must be a number from 0 to 1, got {value!r}")
+    return float(value)
 
-    def __init__(self, variant: str | None = None) -> None:
+
+def check_fingerprints(values: object) -> tuple[str, ...]:
+    """``values`` as a tuple of distinct non-empty strings; ValueError naming ``fingerprints``."""
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
+        raise ValueError(f"fingerprints must be a list of strings, got {values!r}")
+    if not values:
+        raise ValueError("fingerprints must list at least one value")
+    for value in values:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"fingerprints must be non-empty strings, got {value!r}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"fingerprints must be distinct, got {list(values)!r}")
+    return tuple(values)
+
+
+class LocalModelService:
+    """The built-in model behind an OpenAI-compatible request/response interface.
+
+    ``variant`` serves a changed model (other distributions, other fingerprints);
+    ``nondeterminism``, ``fingerprints`` and ``noise_seed`` are the server-side noise the
+    module docstring describes. Bad values raise ValueError naming the argument.
+    """
+
+    def __init__(
+        self,
+        variant: str | None = None,
+        *,
+        nondeterminism: float = 0.0,
+        fingerprints: Sequence[str] | None = None,
+        noise_seed: int | None = None,
+    ) -> None:
         self._variant = variant
         self._model: LanguageModel = load_model(variant)
+        self._nondeterminism = check_nondeterminism(nondeterminism)
+        if fingerprints is None:
+            self._fingerprints: tuple[str, ...] = (self.system_fingerprint,)
+        elif variant is None:
+            self._fingerprints = check_fingerprints(fingerprints)
+        else:
+            # A variant is another backend: it never shows a fingerprint of the model it
+            # changes, so each listed value stands for one derived from it and the variant.
+            digest = self._model.fingerprint_digest
+            self._fingerprints = tuple(
+                "fp_" + hashlib.sha256(f"{digest}\0{fp}".encode()).hexdigest()[:10]
+                for fp in check_fingerprints(fingerprints)
+            )
+        if noise_seed is not None and (
+            isinstance(noise_seed, bool) or not isinstance(noise_seed, int)
+        ):
+            raise ValueError(f"noise_seed must be an integer, got {noise_seed!r}")
+        self._noise_seed = noise_seed
+        self._divergence_rng = random.Random(
+            None if noise_seed is None else f"divergence:{noise_seed}"
+        )
+        self._fingerprint_rng = random.Random(
+            None if noise_seed is None else f"fingerprints:{noise_seed}"
+        )
+        self._noise_lock = threading.Lock()
 
     @property
     def variant(self) -> str | None:
@@ -123,9 +198,33 @@ class LocalModelService:
         return self._model
 
     @property
+    def nondeterminism(self) -> float:
+        """Probability that a choice of a seeded request leaves its seeded path."""
+        return self._nondeterminism
+
+    @property
+    def fingerprints(self) -> tuple[str, ...]:
+        """The ``system_fingerprint`` values served, one drawn per response."""
+        return self._fingerprints
+
+    @property
+    def noise_seed(self) -> int | None:
+        return self._noise_seed
+
+    @property
     def system_fingerprint(self) -> str:
-        """``fp_`` + 10 hex digits of the hash of corpus, hyperparameters and sampler version."""
+        """The model's own fingerprint, served unless a ``fingerprints`` list replaces it:
+        ``fp_`` + 10 hex digits of the hash of corpus, hyperparameters and sampler version."""
         return "fp_" + self._model.fingerprint_digest[:10]
+
+    def complete(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """One chat completion without any transport: an OpenAI request body in, the
+        response as a dict out (``choices``, ``usage``, ``system_fingerprint``…).
+
+        For benchmarks and scripts that want many completions, server noise included, with
+        no HTTP, SDK or database; a bad body raises ``RequestError`` with OpenAI's message.
+        """
+        return self._chat(parse_chat_request(dict(body)))
 
     def handle(self, method: str, path: str, body: bytes) -> LocalResponse:
         """Answer one HTTP request; never raises."""
@@ -264,7 +363,8 @@ class LocalModelService:
         )
         choices, completion_tokens = [], 0
         for index, rng in enumerate(self.choice_rngs(request)):
-            generation = self._model.generate(request.prompt, sampling, rng)
+            noise = self._divergence(request)
+            generation = self._model.generate(request.prompt, sampling, rng, noise)
             completion_tokens += generation.completion_tokens + wrapper
             choices.append(_choice(index, generation, json_mode, request.top_logprobs or 0))
         return {
@@ -286,8 +386,23 @@ class LocalModelService:
                 },
             },
             "service_tier": "default",
-            "system_fingerprint": self.system_fingerprint,
+            "system_fingerprint": self._served_fingerprint(),
         }
+
+    def _divergence(self, request: ChatRequest) -> random.Random | None:
+        """Noise for one choice if it is to leave its seeded path (None: it keeps to it)."""
+        if request.seed is None or self._nondeterminism == 0.0:
+            return None
+        with self._noise_lock:
+            if self._divergence_rng.random() >= self._nondeterminism:
+                return None
+            return random.Random(self._divergence_rng.getrandbits(64))
+
+    def _served_fingerprint(self) -> str:
+        if len(self._fingerprints) == 1:
+            return self._fingerprints[0]
+        with self._noise_lock:
+            return self._fingerprints[self._fingerprint_rng.randrange(len(self._fingerprints))]
 
     def _embeddings(self, request: EmbeddingRequest) -> dict[str, Any]:
         data = []

@@ -194,6 +194,63 @@ def test_serve_answers_any_openai_client_and_stops_on_sigterm(tmp_path: Path) ->
     assert f"at http://127.0.0.1:{port}/v1" in err
 
 
+def test_serve_simulates_a_nondeterministic_server_with_rotating_fingerprints(
+    tmp_path: Path,
+) -> None:
+    """Flags and RUNNER_SERVE_* variables set the noise; a seeded server repeats it, so the
+    in-process model with the same settings gives the same texts and fingerprints."""
+    from runner.localmodel.service import LocalModelService
+
+    port = free_port()
+    fingerprints = ("fp_a1", "fp_b2", "fp_c3")
+    proc = subprocess.Popen(
+        [*RUNNER, "serve", "--port", str(port), "--nondeterminism", "0.5", "--noise-seed", "3"],
+        cwd=tmp_path,
+        env={**os.environ, "RUNNER_SERVE_FINGERPRINTS": ",".join(fingerprints)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "Tell me about Mars."}],
+        "seed": 3,
+        "temperature": 0.7,
+        "max_tokens": 60,
+    }
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.models.list()
+                break
+            except openai.APIConnectionError:
+                assert time.monotonic() < deadline, "runner serve did not start"
+                time.sleep(0.1)
+        served = [client.chat.completions.create(**body) for _ in range(20)]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "fp_a1, fp_b2, fp_c3, nondeterminism 0.5" in err
+    got = [(c.choices[0].message.content, c.system_fingerprint) for c in served]
+    twin = LocalModelService(nondeterminism=0.5, fingerprints=fingerprints, noise_seed=3)
+    expected = [twin.complete(body) for _ in range(20)]
+    assert got == [
+        (e["choices"][0]["message"]["content"], e["system_fingerprint"]) for e in expected
+    ]
+    (deterministic,) = [
+        c["message"]["content"] for c in LocalModelService().complete(body)["choices"]
+    ]
+    texts = [text or "" for text, _ in got]
+    kept = [text for text in texts if text == deterministic]
+    assert 0 < len(kept) < 20  # a mix: some seeded requests left their path, some did not
+    first_word = deterministic.split(" ")[0]
+    assert all(text.startswith(first_word) for text in texts)
+    assert {fp for _, fp in got} == set(fingerprints)
+
+
 def test_serve_rejects_bad_flags(tmp_path: Path) -> None:
     result = run("serve", "--latency-ms", "fast", cwd=tmp_path)
     assert result.returncode == 2 and "latency" in result.stderr

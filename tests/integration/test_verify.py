@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from runner.config import EndpointConfig
 from runner.errors import JobFileError, NotFoundError
+from runner.localmodel.service import LocalModelService
 from runner.verify import verify
 from tests.helpers import rows, scalar, submit_jobs
 from tests.replaykit import invoke, settings_with, work
@@ -59,6 +61,30 @@ async def test_verify_a_batch_adds_k_rounds_and_bad_targets_write_nothing(
         await verify(engine, settings, str(tmp_path / "missing.yaml"), times=2)
     assert await scalar(engine, "SELECT count(*) FROM rounds") == 3
     assert await scalar(engine, "SELECT count(*) FROM batches") == 1
+
+
+async def test_verify_on_a_nondeterministic_local_endpoint_sees_the_seeded_noise(
+    engine: AsyncEngine, db_url: str
+) -> None:
+    """The endpoint config's knobs reach the in-process model the worker sends to: every
+    seeded run leaves the deterministic text after its first word, fingerprints rotate."""
+    fingerprints = ("fp_a1", "fp_b2", "fp_c3")
+    noisy = EndpointConfig(
+        name="local", type="local", nondeterminism=1.0, fingerprints=fingerprints, noise_seed=8
+    )
+    report = await verify(engine, settings_with(db_url, noisy), str(MARS_NEWS), times=3)
+    assert (report.failed_runs, report.unfinished_runs) == (0, 0)
+    body = json.loads(await scalar(engine, "SELECT body FROM jobs WHERE key = 'seeded-1'"))
+    deterministic = LocalModelService().complete(body)["choices"][0]["message"]["content"]
+    seeded = await rows(
+        engine,
+        "SELECT output, system_fingerprint FROM run_results WHERE job_key LIKE 'seeded-%'",
+    )
+    assert len(seeded) == 15
+    first_word = deterministic.split(" ")[0]
+    assert all(o != deterministic and o.startswith(first_word) for o, _ in seeded)
+    every = await rows(engine, "SELECT DISTINCT system_fingerprint FROM run_results")
+    assert {fp for (fp,) in every} == set(fingerprints)
 
 
 def test_cli_verify(db_url: str, tmp_path: Path) -> None:
