@@ -130,6 +130,7 @@ class ScheduleSpec:
     name: str | None = None  # None: the batch's name
     catch_up: CatchUp = CatchUp.LATEST
     on_drift: str | None = None  # shell command run with the drift report on stdin
+    samples: int | None = None  # samples per run its rounds ask for (None: each job's own)
 
 
 def check_name(name: str) -> str:

@@ -88,13 +88,15 @@ def _metadata(value: Any) -> str | None:
     return None
 
 
+MAX_SAMPLES = 128  # the most choices (``n``, samples per run) one chat request may ask for
+
 PARAMS: dict[str, Check] = {
     "temperature": _number(0, 2),
     "top_p": _number(0, 1),
     "max_tokens": _integer(1),
     "max_completion_tokens": _integer(1),
     "stop": _stop,
-    "n": _integer(1, 128),
+    "n": _integer(1, MAX_SAMPLES),
     "logprobs": _of_type(bool, "true or false"),
     "top_logprobs": _integer(0, 20),
     "response_format": _response_format,

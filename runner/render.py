@@ -50,7 +50,7 @@ def _table(*columns: str, title: str | None = None) -> Table:
 def replayed_line(r: Replayed) -> str:
     overrides = "".join(
         f", {name} {value}"
-        for name, value in (("endpoint", r.endpoint), ("model", r.model))
+        for name, value in (("endpoint", r.endpoint), ("model", r.model), ("samples", r.samples))
         if value
     )
     reused = f" ({r.reused} reused from stored results)" if r.reused else ""

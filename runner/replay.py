@@ -6,9 +6,10 @@ unless the round overrides them:
 
 * ``endpoint``: the requests go to that endpoint instead (the body is unchanged);
 * ``model``: the body's ``model`` is replaced, nothing else; the hash of the body that
-  is sent is stored in ``runs.request_hash`` (it differs from ``jobs.request_hash``).
+  is sent is stored in ``runs.request_hash`` (it differs from ``jobs.request_hash``);
+* ``samples``: the body's ``n`` (samples per run) is set, nothing else; hashed likewise.
 
-Both overrides are recorded on the round and applied when a worker claims a run.
+The overrides are recorded on the round and applied when a worker claims a run.
 ``reuse`` copies stored successful results of the same request (same body hash, same
 endpoint) instead of sending it again; it is never on unless asked for.
 
@@ -17,7 +18,6 @@ Selecting and queueing happen in one transaction: an error leaves nothing behind
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,7 +29,7 @@ from runner.db import queue
 from runner.db.models import Batch, Job, Round, Run, RunState
 from runner.db.types import utcnow
 from runner.errors import NotFoundError, RunnerError
-from runner.hashing import request_hash
+from runner.params import MAX_SAMPLES
 from runner.report import resolve_batch
 
 CHUNK = 2000
@@ -71,6 +71,7 @@ class Replayed:
     endpoint: str | None
     model: str | None
     selection: str
+    samples: int | None = None
 
 
 async def replay(
@@ -81,11 +82,12 @@ async def replay(
     *,
     endpoint: str | None = None,
     model: str | None = None,
+    samples: int | None = None,
     reuse: bool = False,
     now: datetime | None = None,
 ) -> Replayed:
     """Queue a new replay round of ``batch_ref`` (id or name); all of it or nothing."""
-    check_overrides(settings, endpoint, model)
+    check_overrides(settings, endpoint, model, samples)
     async with engine.begin() as conn:
         batch = await resolve_batch(conn, batch_ref)
         return await queue_replay(
@@ -95,17 +97,23 @@ async def replay(
             selection,
             endpoint=endpoint,
             model=model,
+            samples=samples,
             reuse=reuse,
             now=now or utcnow(),
         )
 
 
-def check_overrides(settings: Settings, endpoint: str | None, model: str | None) -> None:
-    """Refuse an unknown endpoint or an empty model before anything is written."""
+def check_overrides(
+    settings: Settings, endpoint: str | None, model: str | None, samples: int | None = None
+) -> None:
+    """Refuse an unknown endpoint, an empty model or a bad sample count before anything
+    is written."""
     if endpoint is not None:
         settings.endpoint(endpoint, option="--endpoint")
     if model is not None and not model.strip():
         raise RunnerError("--model must name a model")
+    if samples is not None and not 1 <= samples <= MAX_SAMPLES:
+        raise RunnerError(f"--samples must be from 1 to {MAX_SAMPLES}, got {samples}")
 
 
 async def queue_replay(
@@ -118,6 +126,7 @@ async def queue_replay(
     model: str | None,
     reuse: bool,
     now: datetime,
+    samples: int | None = None,
     label: str | None = None,
 ) -> Replayed:
     """Inside the caller's transaction: one replay round of the selected jobs.
@@ -132,11 +141,18 @@ async def queue_replay(
         )
     described = label or selection.describe()
     round_id, number = await queue.create_replay_round(
-        conn, batch.id, now=now, endpoint=endpoint, model=model, selection=described, reuse=reuse
+        conn,
+        batch.id,
+        now=now,
+        endpoint=endpoint,
+        model=model,
+        samples=samples,
+        selection=described,
+        reuse=reuse,
     )
     attempts = await queue.tries_per_run(conn, batch.id) or settings.worker.max_attempts
     for start in range(0, len(job_ids), CHUNK):
-        runs = await _sent_hashes(conn, job_ids[start : start + CHUNK], model)
+        runs = await queue.sent_hashes(conn, job_ids[start : start + CHUNK], model, samples)
         await queue.enqueue_jobs(conn, round_id, runs, max_attempts=attempts, now=now)
     reused = await queue.reuse_results(conn, round_id, now) if reuse else 0
     return Replayed(
@@ -149,6 +165,7 @@ async def queue_replay(
         endpoint=endpoint,
         model=model,
         selection=described,
+        samples=samples,
     )
 
 
@@ -254,21 +271,3 @@ async def _changed(conn: AsyncConnection, latest: dict[int, list[tuple[int, str]
         for job, ((new, new_state), (old, old_state)) in pairs.items()
         if new_state != old_state or outputs[new] != outputs[old]
     }
-
-
-async def _sent_hashes(
-    conn: AsyncConnection, job_ids: Sequence[int], model: str | None
-) -> list[tuple[int, str | None]]:
-    """(job id, hash of the body sent, or None when it is the job's own body)."""
-    if model is None:
-        return [(job_id, None) for job_id in job_ids]
-    rows = await conn.execute(
-        select(Job.id, Job.endpoint, Job.model, Job.body).where(Job.id.in_(list(job_ids)))
-    )
-    runs: list[tuple[int, str | None]] = []
-    for job_id, endpoint, job_model, body in rows:
-        sent = queue.sent_request(
-            endpoint, job_model, body, endpoint_override=None, model_override=model
-        )
-        runs.append((job_id, None if sent.body == body else request_hash(sent.body)))
-    return sorted(runs)

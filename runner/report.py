@@ -183,6 +183,7 @@ async def run_details(
             queue.sent_hash().label("request_hash"),
             Job.body,
             Round.model.label("model_override"),
+            Round.samples.label("samples_override"),
         )
         .join(Job, Run.job_id == Job.id)
         .join(Round, Run.round_id == Round.id)
@@ -205,9 +206,9 @@ async def run_details(
     if row is None:
         raise NotFoundError(f"no {what}")
     details = dict(row._mapping)
-    override = details.pop("model_override")
-    if override is not None:
-        details["body"] = queue.with_model(details["body"], override)
+    model, samples = details.pop("model_override"), details.pop("samples_override")
+    if model is not None or samples is not None:
+        details["body"] = queue.with_changes(details["body"], model=model, samples=samples)
     return details
 
 

@@ -45,6 +45,7 @@ from runner.db.models import CatchUpPolicy as CatchUp
 from runner.db.outage import Outage
 from runner.db.types import utcnow
 from runner.errors import NotFoundError, ScheduleError
+from runner.params import MAX_SAMPLES
 from runner.report import resolve_batch
 
 log = logging.getLogger("runner.schedule")
@@ -71,6 +72,7 @@ class ScheduleInfo:
     timezone: str
     catch_up: str
     on_drift: str | None
+    samples: int | None  # samples per run its rounds ask for (None: each job's own)
     created_at: datetime
     paused_at: datetime | None
     last_tick: datetime | None  # the latest tick that got a round
@@ -101,6 +103,7 @@ async def create_schedule(
         timezone=spec.cron.timezone,
         catch_up=spec.catch_up.value,
         on_drift=spec.on_drift,
+        samples=spec.samples,
         now=now,
     )
     return name
@@ -115,14 +118,18 @@ async def add_schedule(
     timezone: str = "UTC",
     catch_up: str = CatchUp.LATEST.value,
     on_drift: str | None = None,
+    samples: int | None = None,
     now: datetime | None = None,
 ) -> ScheduleInfo:
     """Validate everything, then store the schedule; nothing is written on an error."""
+    if samples is not None and not 1 <= samples <= MAX_SAMPLES:
+        raise ScheduleError(f"--samples must be from 1 to {MAX_SAMPLES}, got {samples}")
     spec = ScheduleSpec(
         cron=parse_cron(cron, timezone),
         name=check_name(name),
         catch_up=check_catch_up(catch_up),
         on_drift=on_drift if on_drift and on_drift.strip() else None,
+        samples=samples,
     )
     now = now or utcnow()
     try:
@@ -183,6 +190,7 @@ async def list_schedules(
                     timezone=s.timezone,
                     catch_up=s.catch_up,
                     on_drift=s.on_drift,
+                    samples=s.samples,
                     created_at=s.created_at,
                     paused_at=s.paused_at,
                     last_tick=row.last_tick,

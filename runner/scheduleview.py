@@ -62,9 +62,10 @@ def schedule_line(info: ScheduleInfo) -> str:
         else f"next tick {_both(info.next_tick, info.timezone)}"
     )
     hook = f", on drift: {info.on_drift}" if info.on_drift else ""
+    samples = f", {info.samples} samples per job" if info.samples else ""
     return (
         f"schedule {info.name}: batch {info.batch_id} ({info.batch_name}), "
-        f"'{info.cron}' in {info.timezone}, catch-up {info.catch_up}{hook}; {state}"
+        f"'{info.cron}' in {info.timezone}, catch-up {info.catch_up}{samples}{hook}; {state}"
     )
 
 

@@ -16,6 +16,7 @@ from runner.config import Settings
 from runner.diff import JobDiff, diff_job
 from runner.embedding import DEFAULT_MODEL as DEFAULT_EMBEDDINGS_MODEL
 from runner.errors import RunnerError
+from runner.params import MAX_SAMPLES
 from runner.replay import Selection, replay
 from runner.report import (
     batch_status,
@@ -111,6 +112,14 @@ _rounds_option = click.option(
     "the new body hash is stored in runs.request_hash) [default: each job's own]",
 )
 @click.option(
+    "--samples",
+    type=click.IntRange(1, MAX_SAMPLES),
+    show_envvar=True,
+    help="Samples per job (set the body's n, nothing else; recorded on the round, the new "
+    "body hash in runs.request_hash; sent as separate requests to endpoints that ignore n) "
+    "[default: each job's own]",
+)
+@click.option(
     "--reuse",
     is_flag=True,
     show_envvar=True,
@@ -136,6 +145,7 @@ def replay_cmd(
     only_changed: bool,
     endpoint: str | None,
     model: str | None,
+    samples: int | None,
     reuse: bool,
     work_now: bool,
     concurrency: int | None,
@@ -148,7 +158,14 @@ def replay_cmd(
 
     async def go(engine: AsyncEngine) -> Any:
         replayed = await replay(
-            engine, obj.settings, batch, selection, endpoint=endpoint, model=model, reuse=reuse
+            engine,
+            obj.settings,
+            batch,
+            selection,
+            endpoint=endpoint,
+            model=model,
+            samples=samples,
+            reuse=reuse,
         )
         click.echo(render.replayed_line(replayed))
         if not work_now:

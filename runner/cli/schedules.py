@@ -11,6 +11,7 @@ from runner.cli.base import Context, _clock, _concurrency, _format, _terminal, m
 from runner.db.types import utcnow
 from runner.drift import history
 from runner.errors import RunnerError
+from runner.params import MAX_SAMPLES
 from runner.schedule import (
     PassResult,
     add_schedule,
@@ -81,6 +82,13 @@ def schedule_group() -> None:
     help="Ticks missed while no worker ran: latest runs only the most recent one, "
     "all runs every one, oldest first.",
 )
+@click.option(
+    "--samples",
+    type=click.IntRange(1, MAX_SAMPLES),
+    show_envvar=True,
+    help="Samples per job in each round (the body's n; sent as separate requests to "
+    "endpoints that ignore n) [default: each job's own, 1 unless its file says samples]",
+)
 @pass_context
 def schedule_add(
     obj: Context,
@@ -90,6 +98,7 @@ def schedule_add(
     timezone: str,
     on_drift: str | None,
     catch_up: str,
+    samples: int | None,
 ) -> None:
     """Schedule BATCH (id or name) under NAME: a new round of all its jobs at every tick."""
 
@@ -102,6 +111,7 @@ def schedule_add(
             timezone=timezone,
             catch_up=catch_up,
             on_drift=on_drift,
+            samples=samples,
         )
 
     click.echo(schedule_line(obj.run(go)))

@@ -122,6 +122,8 @@ class Round(Base):
     # Replay overrides, recorded so the round says where its requests went (NULL: the job's).
     endpoint: Mapped[str | None] = mapped_column(String(100))
     model: Mapped[str | None] = mapped_column(String(200))
+    # Samples per run (the body's ``n``), for every job of the round (NULL: the job's).
+    samples: Mapped[int | None] = mapped_column(Integer)
     # Which jobs a replay round covers ("all", "only-failed", "jobs,only-changed", ...).
     selection: Mapped[str | None] = mapped_column(String(100))
     # Whether stored results of identical requests were reused (``--reuse``).
@@ -170,6 +172,9 @@ class Run(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     total_tokens: Mapped[int | None] = mapped_column(Integer)
     latency_ms: Mapped[float | None] = mapped_column(Float)
+    # Several samples asked (``n`` > 1): whether one response held them all (False: the
+    # endpoint ignored ``n`` and the rest came from further requests). NULL: one asked.
+    n_honoured: Mapped[bool | None] = mapped_column(Boolean)
     # Failure: the last error.
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_status: Mapped[int | None] = mapped_column(Integer)
@@ -314,6 +319,8 @@ class Schedule(Base):
     # Ticks at or before this never run: when it was created, or last resumed.
     since: Mapped[datetime] = mapped_column(UTCDateTime)
     paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Samples per run its rounds ask for (``rounds.samples``; NULL: each job's own).
+    samples: Mapped[int | None] = mapped_column(Integer)
 
 
 class DriftStatus(enum.StrEnum):

@@ -35,7 +35,7 @@ from runner.jobfile.values import (
     parse_problem,
     value_problem,
 )
-from runner.params import PARAMS, REJECTED, Check, check_param, check_seed
+from runner.params import MAX_SAMPLES, PARAMS, REJECTED, Check, check_param, check_seed
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -51,6 +51,7 @@ YAML_KEYS = {
     "seed",
     "seeds",
     "repeat",
+    "samples",
     "params",
     "extra_params",
     "key",
@@ -367,7 +368,15 @@ def _check_params(params: Any, at: Path_, lines: _Lines) -> dict[str, Any]:
 
 
 def _params(data: Mapping[str, Any], lines: _Lines) -> dict[str, Any]:
-    params = _check_params(data.get("params", {}), ("params",), lines)
+    params = dict(_check_params(data.get("params", {}), ("params",), lines))
+    if "samples" in data:
+        samples = data["samples"]
+        if not (type(samples) is int and 1 <= samples <= MAX_SAMPLES):
+            lines.fail(("samples",), f"must be an integer from 1 to {MAX_SAMPLES}, got {samples!r}")
+        if "n" in params:
+            lines.fail(("samples",), "samples and params.n say the same thing: keep one")
+        if samples > 1:
+            params["n"] = samples
     extra = data.get("extra_params", {})
     if not isinstance(extra, Mapping):
         lines.fail(("extra_params",), "must be a mapping")

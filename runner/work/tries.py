@@ -6,6 +6,13 @@ or an error that is retried (with full-jitter backoff, never sooner than the ser
 asked), failed for good, or released. Three HTTP 401s in a row give the endpoint up: a
 bad key must not burn a batch, so the 401s before that are retried, and the ones after
 (requests already in flight) release their runs without counting the try.
+
+A run that asks for K samples (``n`` = K) sends one request. OpenAI, vLLM and the
+built-in model answer with K choices; llama.cpp's server and some proxies ignore ``n``
+and answer with one. Then the rest are asked for by further requests of the same body
+(``n`` set to what is still missing, for servers that cap it), each under the endpoint's
+limits, until there are K: a run never stores fewer samples than it asked for, and
+``runs.n_honoured`` says which way they came. An error on any of them is the try's.
 """
 
 from __future__ import annotations
@@ -15,14 +22,15 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from runner.config import WorkerConfig
-from runner.db.queue import ClaimedRun, Outcome
-from runner.endpoints import EndpointError
+from runner.db.queue import ClaimedRun, Outcome, samples_asked, with_changes
+from runner.endpoints import Completion, EndpointError
 from runner.endpoints.client import EndpointPool
 from runner.logs import run_context
-from runner.ratelimit import Limits, estimate_tokens
+from runner.ratelimit import EndpointLimiter, Limits, Permit, estimate_tokens
 from runner.work.stats import WorkerStats
 
 log = logging.getLogger("runner.worker")
@@ -35,6 +43,22 @@ def backoff_seconds(attempt: int, config: WorkerConfig, retry_after: float | Non
     ceiling = min(config.backoff_max_seconds, config.backoff_base_seconds * 2 ** (attempt - 1))
     delay = random.uniform(0, ceiling)
     return max(delay, retry_after or 0.0)
+
+
+def _total(a: int | None, b: int | None) -> int | None:
+    return None if a is None and b is None else (a or 0) + (b or 0)
+
+
+def merged(first: Completion, more: Completion) -> Completion:
+    """``first`` with ``more``'s choices appended and its token usage added; the stored
+    response, model, fingerprint and request id stay the first response's."""
+    return replace(
+        first,
+        outputs=first.outputs + more.outputs,
+        prompt_tokens=_total(first.prompt_tokens, more.prompt_tokens),
+        completion_tokens=_total(first.completion_tokens, more.completion_tokens),
+        total_tokens=_total(first.total_tokens, more.total_tokens),
+    )
 
 
 class Tries:
@@ -52,6 +76,7 @@ class Tries:
         self.stats = stats
         self.clock = clock
         self._auth_failures: dict[str, int] = {}
+        self._n_ignored: set[str] = set()  # endpoints already warned about
 
     async def attempt(
         self,
@@ -78,12 +103,21 @@ class Tries:
             try:
                 completion = await client.chat(run.body)
             except EndpointError as exc:
-                permit.settle(None, exc.rate_limits)
-                if exc.status == 429 and exc.retryable:
-                    limiter.pause(self._pause_for(exc))
-                self._count_auth_failure(run.endpoint, exc)
-                return self._failure(run, started_at, t0, exc)
+                return self._refused(run, limiter, permit, exc, started_at, t0)
             permit.settle(completion.total_tokens, completion.rate_limits)
+        asked = samples_asked(run.body)
+        honoured = None if asked == 1 else len(completion.outputs) >= asked
+        while len(completion.outputs) < asked:
+            request = with_changes(run.body, samples=asked - len(completion.outputs))
+            self._warn_n_ignored(run.endpoint, len(completion.outputs), asked)
+            estimate = estimate_tokens(json.loads(request)) if metered else 0
+            async with limiter.permit(estimate) as permit:
+                try:
+                    more = await client.chat(request)
+                except EndpointError as exc:
+                    return self._refused(run, limiter, permit, exc, started_at, t0)
+                permit.settle(more.total_tokens, more.rate_limits)
+            completion = merged(completion, more)
         self._auth_failures.pop(run.endpoint, None)
         latency = (time.perf_counter() - t0) * 1000
         self.stats.succeeded += 1
@@ -107,7 +141,34 @@ class Tries:
             prompt_tokens=completion.prompt_tokens,
             completion_tokens=completion.completion_tokens,
             total_tokens=completion.total_tokens,
+            n_honoured=honoured,
         )
+
+    def _refused(
+        self,
+        run: ClaimedRun,
+        limiter: EndpointLimiter,
+        permit: Permit,
+        exc: EndpointError,
+        started_at: datetime,
+        t0: float,
+    ) -> Outcome:
+        permit.settle(None, exc.rate_limits)
+        if exc.status == 429 and exc.retryable:
+            limiter.pause(self._pause_for(exc))
+        self._count_auth_failure(run.endpoint, exc)
+        return self._failure(run, started_at, t0, exc)
+
+    def _warn_n_ignored(self, endpoint: str, got: int, asked: int) -> None:
+        if endpoint not in self._n_ignored:
+            self._n_ignored.add(endpoint)
+            log.warning(
+                "endpoint %s returned %d of the n=%d choices asked: the other samples are "
+                "asked for by separate requests (runs.n_honoured = false)",
+                endpoint,
+                got,
+                asked,
+            )
 
     @staticmethod
     def _pause_for(exc: EndpointError) -> float:

@@ -20,9 +20,11 @@ from runner.db.queue._common import (
     DEADLOCK,
     QueueEngine,
     SentRequest,
+    samples_asked,
     sent_endpoint,
     sent_hash,
     sent_request,
+    with_changes,
     with_model,
 )
 from runner.db.queue.admin import (
@@ -52,6 +54,7 @@ from runner.db.queue.replay import (
     enqueue_jobs,
     insert_comparison,
     reuse_results,
+    sent_hashes,
 )
 from runner.db.queue.results import (
     Outcome,
@@ -128,14 +131,17 @@ __all__ = [
     "requeue_runs",
     "resume_schedule",
     "reuse_results",
+    "samples_asked",
     "sent_endpoint",
     "sent_hash",
+    "sent_hashes",
     "sent_request",
     "store_prices",
     "tries_per_run",
     "unfinished",
     "unfinished_endpoints",
     "unregister_worker",
+    "with_changes",
     "with_model",
     "worker_heartbeat",
 ]

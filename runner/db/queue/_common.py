@@ -93,9 +93,29 @@ class SentRequest:
 
 def with_model(body: str, model: str) -> str:
     """The canonical ``body`` with only its ``model`` replaced (still canonical JSON)."""
+    return with_changes(body, model=model)
+
+
+def with_changes(body: str, *, model: str | None = None, samples: int | None = None) -> str:
+    """The canonical ``body`` with its ``model`` and its number of samples (``n``) replaced,
+    nothing else (still canonical JSON). One sample drops ``n`` (its default)."""
     payload = json.loads(body)
-    payload["model"] = model
+    if model is not None:
+        payload["model"] = model
+    if samples is not None:
+        if samples == 1:
+            payload.pop("n", None)
+        else:
+            payload["n"] = samples
     return canonical_json(payload)
+
+
+def samples_asked(body: str) -> int:
+    """How many samples (choices, ``n``) a canonical chat body asks for."""
+    if '"n":' not in body:  # canonical JSON: a body without the key is the common case
+        return 1
+    n = json.loads(body).get("n", 1)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
 def sent_request(
@@ -105,12 +125,19 @@ def sent_request(
     *,
     endpoint_override: str | None,
     model_override: str | None,
+    samples_override: int | None = None,
 ) -> SentRequest:
     """A job's endpoint, model and body with a round's overrides (None: the job's own)."""
-    if model_override is None or model_override == model:
+    if model_override == model:
+        model_override = None
+    if samples_override is not None and samples_override == samples_asked(body):
+        samples_override = None
+    if model_override is None and samples_override is None:
         return SentRequest(endpoint_override or endpoint, model, body)
     return SentRequest(
-        endpoint_override or endpoint, model_override, with_model(body, model_override)
+        endpoint_override or endpoint,
+        model_override or model,
+        with_changes(body, model=model_override, samples=samples_override),
     )
 
 
@@ -135,4 +162,5 @@ _SUCCESS_COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
+    "n_honoured",
 )

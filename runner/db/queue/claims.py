@@ -162,6 +162,7 @@ def _claim_statements(in_rounds: bool, excluding: bool) -> _ClaimStatements:
             Round.number,
             Round.endpoint.label("round_endpoint"),
             Round.model.label("round_model"),
+            Round.samples.label("round_samples"),
         )
         .join(Job, Job.id == Run.job_id)
         .join(Round, Round.id == Run.round_id)
@@ -217,13 +218,15 @@ def _with_jobs(conn: Connection, statement: Any, rows: Sequence[Any]) -> list[Cl
     claimed = []
     for job in found:
         row = by_run[job.id]
-        # A replay round may send the job elsewhere or to another model (see ``replay``).
+        # A replay round may send the job elsewhere, to another model or ask for other
+        # numbers of samples (see ``replay``).
         sent = sent_request(
             job.endpoint,
             job.model,
             job.body,
             endpoint_override=job.round_endpoint,
             model_override=job.round_model,
+            samples_override=job.round_samples,
         )
         claimed.append(
             ClaimedRun(

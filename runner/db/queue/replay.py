@@ -29,13 +29,15 @@ from runner.db.queue._common import (
     _SUCCESS_COLUMNS,
     sent_endpoint,
     sent_hash,
+    sent_request,
 )
 from runner.db.queue.submit import create_round
+from runner.hashing import request_hash
 
 # ---------------------------------------------------------------- replay
 #
 # A replay round re-runs jobs of a batch. Its overrides are columns of the round
-# (``rounds.endpoint``, ``rounds.model``), applied when a run is claimed (see
+# (``rounds.endpoint``, ``rounds.model``, ``rounds.samples``), applied when a run is claimed (see
 # ``sent_request``): a model override replaces only the body's ``model``, and the hash
 # of the body that is then sent is stored in ``runs.request_hash``. ``--reuse`` copies
 # a stored successful result of the same request to the same endpoint instead of
@@ -57,15 +59,40 @@ async def create_replay_round(
     model: str | None,
     selection: str,
     reuse: bool,
+    samples: int | None = None,
 ) -> tuple[int, int]:
     """A new ``replay`` round with its overrides recorded; returns (round id, number)."""
     round_id, number = await create_round(conn, batch_id, RoundTrigger.REPLAY, now)
     await conn.execute(
         update(Round)
         .where(Round.id == round_id)
-        .values(endpoint=endpoint, model=model, selection=selection, reuse=reuse)
+        .values(endpoint=endpoint, model=model, samples=samples, selection=selection, reuse=reuse)
     )
     return round_id, number
+
+
+async def sent_hashes(
+    conn: AsyncConnection, job_ids: Sequence[int], model: str | None, samples: int | None
+) -> list[tuple[int, str | None]]:
+    """(job id, hash of the body a round with these overrides sends, or None when it is
+    the job's own body), by job id."""
+    if model is None and samples is None:
+        return [(job_id, None) for job_id in sorted(job_ids)]
+    rows = await conn.execute(
+        select(Job.id, Job.endpoint, Job.model, Job.body).where(Job.id.in_(list(job_ids)))
+    )
+    runs: list[tuple[int, str | None]] = []
+    for job_id, endpoint, job_model, body in rows:
+        sent = sent_request(
+            endpoint,
+            job_model,
+            body,
+            endpoint_override=None,
+            model_override=model,
+            samples_override=samples,
+        )
+        runs.append((job_id, None if sent.body == body else request_hash(sent.body)))
+    return sorted(runs)
 
 
 async def enqueue_jobs(

@@ -68,6 +68,7 @@ class Outcome:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    n_honoured: bool | None = None  # several samples asked: all in one response?
     # failure fields
     error_type: str | None = None
     error_message: str | None = None

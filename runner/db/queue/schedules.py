@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from runner.db.models import (
     DriftReport,
     HookState,
+    Job,
     Round,
     RoundTrigger,
     Run,
@@ -30,7 +31,7 @@ from runner.db.models import (
 from runner.db.queue._common import (
     _retry_deadlock,
 )
-from runner.db.queue.replay import insert_comparison
+from runner.db.queue.replay import enqueue_jobs, insert_comparison, sent_hashes
 from runner.db.queue.submit import enqueue_round
 
 # ---------------------------------------------------------------- schedules and drift reports
@@ -42,6 +43,7 @@ from runner.db.queue.submit import enqueue_round
 # its on-drift command is claimed with a fenced UPDATE, so it runs at most once.
 
 TICK_TRIES = 5
+HASH_CHUNK = 2000  # jobs whose sent bodies are hashed at a time (rounds with --samples)
 
 
 def _insert_or_nothing(conn: AsyncConnection, table: Any, columns: Sequence[str]) -> Any:
@@ -60,6 +62,7 @@ async def insert_schedule(
     catch_up: str,
     on_drift: str | None,
     now: datetime,
+    samples: int | None = None,
 ) -> int:
     """A new active schedule; its first tick is the first one after ``now``."""
     result = await conn.execute(
@@ -71,6 +74,7 @@ async def insert_schedule(
             timezone=timezone,
             catch_up=catch_up,
             on_drift=on_drift,
+            samples=samples,
             created_at=now,
             since=now,
             paused_at=None,
@@ -163,7 +167,9 @@ async def create_tick_round(
         async with engine.begin() as conn:
             schedule = (
                 await conn.execute(
-                    select(Schedule.batch_id, Schedule.paused_at).where(Schedule.id == schedule_id)
+                    select(Schedule.batch_id, Schedule.paused_at, Schedule.samples).where(
+                        Schedule.id == schedule_id
+                    )
                 )
             ).one_or_none()
             if schedule is None or schedule.paused_at is not None:
@@ -187,6 +193,7 @@ async def create_tick_round(
                     trigger=RoundTrigger.SCHEDULE.value,
                     created_at=now,
                     reuse=False,
+                    samples=schedule.samples,
                     schedule_id=schedule_id,
                     scheduled_for=scheduled_for,
                 )
@@ -196,7 +203,15 @@ async def create_tick_round(
             if round_id is None:
                 return None  # another worker created this tick's round
             tries = await tries_per_run(conn, batch_id) or max_attempts
-            await enqueue_round(conn, round_id, batch_id, max_attempts=tries, now=available_at)
+            if schedule.samples is None:
+                await enqueue_round(conn, round_id, batch_id, max_attempts=tries, now=available_at)
+            else:  # the bodies sent differ from the jobs': their hashes are the runs'
+                jobs = select(Job.id).where(Job.batch_id == batch_id).order_by(Job.id)
+                job_ids = list((await conn.execute(jobs)).scalars())
+                for start in range(0, len(job_ids), HASH_CHUNK):
+                    chunk = job_ids[start : start + HASH_CHUNK]
+                    sent = await sent_hashes(conn, chunk, None, schedule.samples)
+                    await enqueue_jobs(conn, round_id, sent, max_attempts=tries, now=available_at)
             # (rowcount of an INSERT ... SELECT is -1 through psycopg: count instead)
             runs = await conn.scalar(select(func.count()).where(Run.round_id == round_id))
             return TickRound(
