@@ -18,13 +18,16 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from runner.compare import ComparisonReport, Item, RoundRef, Stats
+from runner.analysis.compare import ComparisonReport, Item, RoundRef, Stats
+from runner.analysis.diff import JobDiff
+from runner.analysis.distribution import DistributionTest, Verdict
+from runner.analysis.similarity import DiffOp
+from runner.analysis.verify import JobVerdict, VerifyReport
 from runner.db.models import FingerprintGroup
-from runner.diff import JobDiff
 from runner.replay import Replayed
 from runner.richtext import render
-from runner.similarity import DiffOp
-from runner.verify import JobVerdict, VerifyReport
+
+MOVED_MOST = 5  # jobs listed as those that moved most
 
 
 def _pct(value: float | None) -> str:
@@ -111,8 +114,15 @@ def comparison_table(report: ComparisonReport, *, color: bool = False, width: in
     )
     facts.add_row("fingerprints", Text(f"{a}: {_prints(s.fingerprints_a)}"))
     facts.add_row("", Text(f"{b}: {_prints(s.fingerprints_b)}"))
+    if report.distribution is not None:
+        facts.add_row("distribution", Text(report.distribution.describe()))
+        moved = report.distribution.moved_most[:MOVED_MOST]
+        if moved and report.distribution.verdict is Verdict.CHANGED:
+            facts.add_row("moved most", Text(", ".join(moved)))
     if s.different_requests:
-        facts.add_row("requests", f"{s.different_requests} jobs sent a different body (--model)")
+        facts.add_row(
+            "requests", f"{s.different_requests} jobs sent a different body (--model, --samples)"
+        )
     if embeddings:
         facts.add_row(
             "embeddings",
@@ -192,11 +202,15 @@ ITEM_FIELDS = (
     "key", "run_a", "run_b", "state_a", "state_b", "same_request", "exact_match",
     "similarity", "divergence_offset", "fingerprint", "fingerprint_a", "fingerprint_b",
     "same_model", "model_a", "model_b", "prompt_tokens_delta", "completion_tokens_delta",
-    "embedding_distance", "error_a", "error_b",
+    "embedding_distance", "error_a", "error_b", "samples_a", "samples_b",
+    "test_contribution", "test_p_value", "distribution", "distribution_p_value",
 )  # fmt: skip
 
 
-def item_dict(i: Item) -> dict[str, Any]:
+def item_dict(i: Item, tested: DistributionTest | None = None) -> dict[str, Any]:
+    """One job of a comparison; with the distribution test: its part in it, and the
+    round's verdict (so that each CSV line carries it)."""
+    job = tested.by_job.get(i.key) if tested is not None else None
     return {
         "key": i.key,
         "run_a": i.a.run_id,
@@ -218,6 +232,21 @@ def item_dict(i: Item) -> dict[str, Any]:
         "embedding_distance": i.embedding_distance,
         "error_a": i.a.error_type,
         "error_b": i.b.error_type,
+        "samples_a": len(i.a.outputs),
+        "samples_b": len(i.b.outputs),
+        "test_contribution": job.contribution if job else None,
+        "test_p_value": job.p_value if job else None,
+        "distribution": tested.verdict.value if tested else None,
+        "distribution_p_value": tested.p_value if tested else None,
+    }
+
+
+def _distribution_dict(tested: DistributionTest | None) -> dict[str, Any] | None:
+    if tested is None:
+        return None
+    return {
+        **{k.removeprefix("test_"): v for k, v in tested.columns().items()},
+        "moved_most": list(tested.moved_most[:MOVED_MOST]),
     }
 
 
@@ -247,8 +276,9 @@ def comparison_json(report: ComparisonReport) -> str:
             "embeddings_endpoint": report.embeddings_endpoint,
             "embeddings_model": report.embeddings_model,
         },
+        "distribution": _distribution_dict(report.distribution),
         "changed_most": [i.key for i in report.changed_most],
-        "items": [item_dict(i) for i in report.items],
+        "items": [item_dict(i, report.distribution) for i in report.items],
     }
     return json.dumps(document, indent=2, ensure_ascii=False)
 
@@ -258,7 +288,7 @@ def comparison_csv(report: ComparisonReport) -> str:
     writer = csv.DictWriter(buffer, fieldnames=ITEM_FIELDS, lineterminator="\n")
     writer.writeheader()
     for item in report.items:
-        writer.writerow(item_dict(item))
+        writer.writerow(item_dict(item, report.distribution))
     return buffer.getvalue().rstrip("\n")
 
 
@@ -359,8 +389,14 @@ def verify_table(
     title = "per job" + (
         f" (the {len(shown)} least deterministic; --format json: all)" if more else ""
     )
+    # Several samples per run: distinct texts among all of them, and whether the
+    # endpoint honoured n (columns shown only when they say something).
+    sampled = any(j.samples > j.succeeded for j in report.jobs)
+    asked_n = any(j.n_honoured is not None for j in report.jobs)
     jobs = _table(
-        "job", "seed", "fingerprint", "unique outputs", f"TARr@{k}", "similarity", title=title
+        "job", "seed", "fingerprint", "unique outputs", f"TARr@{k}", "similarity", "diverges",
+        *(["distinct samples"] if sampled else []), *(["n honoured"] if asked_n else []),
+        title=title,
     )  # fmt: skip
     for j in shown:
         jobs.add_row(
@@ -370,6 +406,9 @@ def verify_table(
             f"{j.unique_outputs}/{k}" + (f" ({j.succeeded} ok)" if j.succeeded < k else ""),
             "yes" if j.tarr else "no",
             _num(j.mean_similarity),
+            "-" if j.diverges_at is None else f"word {j.diverges_at}",
+            *([f"{j.distinct_samples}/{j.samples}"] if sampled else []),
+            *([{None: "-", True: "yes", False: "no"}[j.n_honoured]] if asked_n else []),
         )
     parts: list[RenderableType] = [head, groups, jobs]
     if report.failed_runs or report.unfinished_runs:

@@ -37,7 +37,7 @@ from runner.db.models import RoundTrigger, RunState
 from runner.db.types import utcnow
 from runner.errors import AlreadySubmittedError, ConfigError, JobFileError, ScheduleError
 from runner.jobfile import JobFile, find_duplicate, load_job_file
-from runner.schedule import create_schedule
+from runner.scheduling.schedule import create_schedule
 
 log = logging.getLogger(__name__)
 SUBMIT_CHUNK = 5000  # jobs (and their runs) per transaction of a SQLite submit

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runner.compare import compare
+from runner.analysis.compare import compare
 from runner.config import EndpointConfig, Settings
 from runner.db import engine as db
 from runner.replay import replay

@@ -16,12 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner import __version__
 from runner.config import Settings, load_settings
-from runner.cron import parse_now, shifted_clock
 from runner.db import engine as db
 from runner.db import queue
 from runner.db.types import utcnow
 from runner.errors import RunnerError
 from runner.logs import setup_logging
+from runner.scheduling.cron import parse_now, shifted_clock
 
 T = TypeVar("T")
 

@@ -10,18 +10,19 @@ import click
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner import output, render
+from runner.analysis.compare import ComparisonReport, EmbeddingOptions, compare
+from runner.analysis.diff import JobDiff, diff_job
+from runner.analysis.distribution import DEFAULT_ALPHA, Verdict
+from runner.analysis.embedding import DEFAULT_MODEL as DEFAULT_EMBEDDINGS_MODEL
+from runner.analysis.verify import VerifyReport, is_job_file, verify
 from runner.cli.base import Context, _concurrency, _format, _terminal, main, pass_context
-from runner.compare import ComparisonReport, EmbeddingOptions, compare
 from runner.config import Settings
-from runner.diff import JobDiff, diff_job
-from runner.embedding import DEFAULT_MODEL as DEFAULT_EMBEDDINGS_MODEL
 from runner.errors import RunnerError
 from runner.params import MAX_SAMPLES
 from runner.replay import Selection, replay
 from runner.report import (
     batch_status,
 )
-from runner.verify import VerifyReport, is_job_file, verify
 from runner.work import Worker
 
 
@@ -200,6 +201,22 @@ def replay_cmd(
     help="Exit 1 if the exact-match rate is under RATE (0.95 or 95%), for CI gates.",
 )
 @click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=DEFAULT_ALPHA,
+    show_default=True,
+    show_envvar=True,
+    help="Significance level of the distribution test (MMD over the jobs' samples, "
+    "permutation p-value): it rejects when p <= alpha.",
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(["distribution_changed"]),
+    show_envvar=True,
+    help="Exit 1 if the distribution test rejects at --alpha, for CI gates (rounds need two "
+    "samples per job or more: samples: K, --samples K).",
+)
+@click.option(
     "--top",
     type=click.IntRange(min=0),
     default=5,
@@ -232,6 +249,8 @@ def compare_cmd(
     rounds: tuple[int, int] | None,
     fmt: str,
     fail_under: float | None,
+    alpha: float,
+    fail_on: str | None,
     top: int,
     embeddings: bool,
     embeddings_endpoint: str | None,
@@ -257,6 +276,7 @@ def compare_cmd(
             rounds=(rounds[0], rounds[1]) if rounds else None,
             embeddings=options,
             top=top,
+            alpha=alpha,
         )
         costs = []
         async with engine.connect() as conn:
@@ -278,12 +298,23 @@ def compare_cmd(
         click.echo(render.comparison_table(report, color=color, width=width))
         click.echo(f"A {output.cost_text(*costs[0])}\nB {output.cost_text(*costs[1])}", nl=True)
     rate = report.summary.exact_match_rate
+    failed = False
     if fail_under is not None and rate < fail_under:
         click.echo(
             f"exact-match rate {rate:.1%} is under --fail-under {fail_under:.1%} "
             f"(comparison {report.id})",
             err=True,
         )
+        failed = True
+    tested = report.distribution
+    if fail_on and tested is not None and tested.verdict is Verdict.CHANGED:
+        click.echo(
+            f"the output distribution changed: p = {tested.p_value:.4g} <= alpha {alpha:g} "
+            f"(comparison {report.id})",
+            err=True,
+        )
+        failed = True
+    if failed:
         sys.exit(1)
 
 

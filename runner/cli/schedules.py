@@ -7,12 +7,12 @@ from typing import Any
 import click
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from runner.analysis.drift import history
 from runner.cli.base import Context, _clock, _concurrency, _format, _terminal, main, pass_context
 from runner.db.types import utcnow
-from runner.drift import history
 from runner.errors import RunnerError
 from runner.params import MAX_SAMPLES
-from runner.schedule import (
+from runner.scheduling.schedule import (
     PassResult,
     add_schedule,
     list_schedules,
@@ -23,7 +23,7 @@ from runner.schedule import (
     run_pass,
     schedule_id,
 )
-from runner.scheduleview import (
+from runner.scheduling.view import (
     drift_json,
     drift_text,
     pass_text,
@@ -72,7 +72,8 @@ def schedule_group() -> None:
     metavar="COMMAND",
     show_envvar=True,
     help="Shell command run with the drift report as JSON on stdin when a scheduled round "
-    "drifted (status failures, fingerprint_changed or outputs_changed).",
+    "drifted (status failures, distribution_changed or outputs_changed; "
+    "fingerprint_changed only when the outputs moved too, as far as can be told).",
 )
 @click.option(
     "--catch-up",
@@ -89,6 +90,12 @@ def schedule_group() -> None:
     help="Samples per job in each round (the body's n; sent as separate requests to "
     "endpoints that ignore n) [default: each job's own, 1 unless its file says samples]",
 )
+@click.option(
+    "--alpha",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    show_envvar=True,
+    help="Significance level of the drift reports' distribution test [default: 0.05]",
+)
 @pass_context
 def schedule_add(
     obj: Context,
@@ -99,6 +106,7 @@ def schedule_add(
     on_drift: str | None,
     catch_up: str,
     samples: int | None,
+    alpha: float | None,
 ) -> None:
     """Schedule BATCH (id or name) under NAME: a new round of all its jobs at every tick."""
 
@@ -112,6 +120,7 @@ def schedule_add(
             catch_up=catch_up,
             on_drift=on_drift,
             samples=samples,
+            alpha=alpha,
         )
 
     click.echo(schedule_line(obj.run(go)))

@@ -261,6 +261,19 @@ class Comparison(Base):
     embeddings_endpoint: Mapped[str | None] = mapped_column(String(100))
     embeddings_model: Mapped[str | None] = mapped_column(String(200))
     mean_embedding_distance: Mapped[float | None] = mapped_column(Float)
+    # The two-sample test of the rounds' output distributions (runner.analysis.equality):
+    # "same", "changed" (rejected at alpha) or "not_tested" (test_note says why).
+    distribution: Mapped[str | None] = mapped_column(String(20))
+    alpha: Mapped[float | None] = mapped_column(Float)
+    test_statistic: Mapped[float | None] = mapped_column(Float)
+    test_p_value: Mapped[float | None] = mapped_column(Float)
+    test_samples_a: Mapped[int | None] = mapped_column(Integer)
+    test_samples_b: Mapped[int | None] = mapped_column(Integer)
+    test_jobs: Mapped[int | None] = mapped_column(Integer)
+    test_permutations: Mapped[int | None] = mapped_column(Integer)
+    test_seed: Mapped[int | None] = mapped_column(BigInteger)
+    test_kernel: Mapped[str | None] = mapped_column(String(50))
+    test_note: Mapped[str | None] = mapped_column(Text)
 
 
 class ComparisonItem(Base):
@@ -290,10 +303,13 @@ class ComparisonItem(Base):
     prompt_tokens_delta: Mapped[int | None] = mapped_column(Integer)
     completion_tokens_delta: Mapped[int | None] = mapped_column(Integer)
     embedding_distance: Mapped[float | None] = mapped_column(Float)
+    # This job's share of the distribution test's statistic, and its own p-value.
+    test_contribution: Mapped[float | None] = mapped_column(Float)
+    test_p_value: Mapped[float | None] = mapped_column(Float)
 
 
 class CatchUpPolicy(enum.StrEnum):
-    """Which missed ticks of a schedule run (see runner/cron.py)."""
+    """Which missed ticks of a schedule run (see runner/scheduling/cron.py)."""
 
     LATEST = "latest"  # only the most recent missed tick
     ALL = "all"  # every missed tick, oldest first
@@ -321,6 +337,8 @@ class Schedule(Base):
     paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Samples per run its rounds ask for (``rounds.samples``; NULL: each job's own).
     samples: Mapped[int | None] = mapped_column(Integer)
+    # Significance level of its drift reports' distribution test (NULL: 0.05).
+    alpha: Mapped[float | None] = mapped_column(Float)
 
 
 class DriftStatus(enum.StrEnum):
@@ -330,10 +348,14 @@ class DriftStatus(enum.StrEnum):
     """
 
     FAILURES = "failures"  # a run of the scheduled round did not succeed
-    FINGERPRINT_CHANGED = "fingerprint_changed"  # a job's system_fingerprint changed
-    OUTPUTS_CHANGED = "outputs_changed"  # some outputs differ, fingerprints did not change
-    STABLE = "stable"  # every job succeeded with byte-identical outputs
     BASELINE = "baseline"  # no earlier finished round to compare with
+    # The distribution test rejects at the schedule's alpha: the model or its settings moved.
+    DISTRIBUTION_CHANGED = "distribution_changed"
+    FINGERPRINT_CHANGED = "fingerprint_changed"  # a job's system_fingerprint changed
+    # Some outputs differ and no test could be made (one sample per job: see samples).
+    OUTPUTS_CHANGED = "outputs_changed"
+    WITHIN_NOISE = "within_noise"  # outputs differ; the test does not reject at alpha
+    STABLE = "stable"  # every job succeeded with byte-identical outputs
 
 
 class HookState(enum.StrEnum):
@@ -378,6 +400,9 @@ class DriftReport(Base):
     fingerprint_changed: Mapped[int] = mapped_column(Integer)
     fingerprints_before: Mapped[str | None] = mapped_column(Text)
     fingerprints_after: Mapped[str | None] = mapped_column(Text)
+    # The distribution test's p-value (NULL: none made) and the alpha it was judged at.
+    p_value: Mapped[float | None] = mapped_column(Float)
+    alpha: Mapped[float | None] = mapped_column(Float)
     on_drift_command: Mapped[str | None] = mapped_column(Text)
     on_drift_state: Mapped[str | None] = mapped_column(String(20))
     on_drift_worker: Mapped[str | None] = mapped_column(String(200))

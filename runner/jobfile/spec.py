@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from runner.cron import ScheduleSpec
+from runner.scheduling.cron import ScheduleSpec
 
 SourceFormat = Literal["yaml", "openai-batch"]
 

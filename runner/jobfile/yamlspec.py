@@ -22,7 +22,6 @@ from typing import Any, NoReturn
 
 import yaml
 
-from runner.cron import ScheduleSpec, parse_schedule_block
 from runner.errors import JobFileError
 from runner.hashing import canonical_json, request_hash
 from runner.jobfile.spec import JobFile, JobSpec
@@ -36,6 +35,7 @@ from runner.jobfile.values import (
     value_problem,
 )
 from runner.params import MAX_SAMPLES, PARAMS, REJECTED, Check, check_param, check_seed
+from runner.scheduling.cron import ScheduleSpec, parse_schedule_block
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -559,7 +559,7 @@ def load_yaml(path: Path, endpoint: str | None, name: str | None, max_jobs: int 
 
 
 def _schedule(data: Mapping[str, Any], lines: _Lines) -> ScheduleSpec | None:
-    """``schedule:``: a cron string, or a mapping (see runner/cron.py)."""
+    """``schedule:``: a cron string, or a mapping (see runner/scheduling/cron.py)."""
     if "schedule" not in data:
         return None
     return parse_schedule_block(

@@ -11,7 +11,7 @@ Tasks inside one worker:
   endpoints' rate limits);
 * on SQLite, the checkpointer: copies the WAL into the database every second from
   aiosqlite's thread (claims and stores run inline, see ``InlineSQLite``, and never do);
-* the scheduler (``runner.schedule``) on a general worker: schedule ticks, drift reports;
+* the scheduler (``runner.scheduling.schedule``) on a general worker: schedule ticks, drift reports;
 * the signal watcher (CLI only): first SIGINT/SIGTERM stops gracefully, second at once.
 
 Every database step goes through one ``Outage``: when the database goes away (a restart,
@@ -51,7 +51,7 @@ from runner.db.types import utcnow
 from runner.endpoints.client import EndpointPool
 from runner.logs import run_context
 from runner.ratelimit import Limits
-from runner.schedule import run_pass, scheduler_loop
+from runner.scheduling.schedule import run_pass, scheduler_loop
 from runner.work.stats import WorkerStats
 from runner.work.tries import Tries
 from runner.work.waiting import stranded_text, wait_limit, waiting_text
@@ -105,7 +105,7 @@ class Worker:
         self._base_clock = clock
         self._machine_clock = machine_clock
         self._clock_offset = timedelta(0)
-        # The schedule side task (runner/schedule.py). None: on for a general worker,
+        # The schedule side task (runner/scheduling/schedule.py). None: on for a general worker,
         # off for one that works only the rounds it was given (runner run, replay --work).
         self.scheduler = round_ids is None if scheduler is None else scheduler
         self.id = worker_id()

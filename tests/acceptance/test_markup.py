@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.cron import parse_cron
 from runner.db.types import utcnow
+from runner.scheduling.cron import parse_cron
 from tests.fakeserver import Received, Reply, completion, fake_server
 from tests.helpers import in_process, on_terminal
 

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from runner.cron import parse_cron
 from runner.db.types import utcnow
+from runner.scheduling.cron import parse_cron
 from tests.helpers import SUCCESS_ATTEMPTS_MISMATCH, sql
 from tests.schedulekit import nightly_job
 

@@ -15,8 +15,8 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from runner.cron import parse_cron
 from runner.db.types import utcnow
+from runner.scheduling.cron import parse_cron
 from tests.acceptance.test_schedule_race import sql
 from tests.fakeserver import Received, Reply, completion, fake_server
 from tests.helpers import in_process

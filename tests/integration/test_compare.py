@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runner.compare import EmbeddingOptions, compare
+from runner.analysis.compare import EmbeddingOptions, compare
+from runner.analysis.diff import diff_job
 from runner.config import EndpointConfig
 from runner.db.models import FingerprintGroup
-from runner.diff import diff_job
 from runner.errors import NotFoundError, RunnerError
 from runner.localmodel.server import ServerOptions, running_server
 from runner.replay import replay

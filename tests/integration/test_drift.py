@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runner import schedule
 from runner.localmodel.server import ServerOptions, running_server
+from runner.scheduling import schedule
 from runner.submit import submit
 from tests.fakeserver import Reply, fake_server
 from tests.helpers import rows, scalar

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runner.compare import compare
+from runner.analysis.compare import compare
 from runner.errors import ConfigError, NotFoundError, RunnerError
 from runner.hashing import canonical_json, request_hash
 from runner.replay import Selection, replay

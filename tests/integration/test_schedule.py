@@ -13,9 +13,9 @@ import anyio
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runner import schedule
 from runner.db import engine as db
 from runner.errors import JobFileError
+from runner.scheduling import schedule
 from runner.submit import submit
 from tests.helpers import rows, scalar, submit_jobs
 from tests.replaykit import work

@@ -111,11 +111,11 @@ def test_list_pause_resume_run_due_drift_and_remove(db_url: str, batch: str) -> 
     assert got == 0
     lines = out.splitlines()
     assert lines[1].split() == [
-        "report", "tick", "schedule", "rounds", "status", "exact", "match", "fingerprints",
-        "on-drift",
+        "report", "tick", "schedule", "rounds", "status", "p", "exact", "match",
+        "fingerprints", "on-drift",
     ]  # fmt: skip
-    assert lines[3].split()[:9] == [
-        "1", "2031-01-10", "02:30", "CET", "nightly", "1->2", "stable", "3/3", "(100.0%)",
+    assert lines[3].split()[:10] == [
+        "1", "2031-01-10", "02:30", "CET", "nightly", "1->2", "stable", "-", "3/3", "(100.0%)",
     ]  # fmt: skip
     (row,) = json.loads(invoke(db_url, "drift", "--format", "json")[1])
     assert (row["status"], row["scheduled_for"], row["exact_match_rate"]) == (

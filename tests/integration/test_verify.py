@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from runner.analysis.verify import first_divergence, verify
 from runner.config import EndpointConfig
 from runner.errors import JobFileError, NotFoundError
 from runner.localmodel.service import LocalModelService
-from runner.verify import verify
 from tests.helpers import rows, scalar, submit_jobs
 from tests.replaykit import invoke, settings_with, work
 
@@ -85,6 +85,20 @@ async def test_verify_on_a_nondeterministic_local_endpoint_sees_the_seeded_noise
     assert all(o != deterministic and o.startswith(first_word) for o, _ in seeded)
     every = await rows(engine, "SELECT DISTINCT system_fingerprint FROM run_results")
     assert {fp for (fp,) in every} == set(fingerprints)
+    # The report shows each job's own noise: distinct texts, and where they part.
+    seeded_jobs = [j for j in report.jobs if j.key.startswith("seeded-")]
+    assert len(seeded_jobs) == 5
+    for job in seeded_jobs:
+        assert job.samples == 3 and job.distinct_samples >= 2
+        assert job.diverges_at is not None and job.diverges_at >= 1  # the first word is kept
+        assert job.n_honoured is None  # one sample per run: nothing to honour
+
+
+def test_first_divergence_counts_words() -> None:
+    assert first_divergence(["a b c", "a b c"]) is None
+    assert first_divergence(["a b c", "a x c", "a b c"]) == 1
+    assert first_divergence(["a b", "a b c"]) == 2
+    assert first_divergence(["x", "y"]) == 0
 
 
 def test_cli_verify(db_url: str, tmp_path: Path) -> None:

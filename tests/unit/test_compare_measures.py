@@ -8,13 +8,8 @@ from types import SimpleNamespace
 import click
 import pytest
 
-from runner.cli.replaying import _rate
-from runner.compare import Result, changed_most, compare_pair, fingerprint_group, summarize
-from runner.db.models import FingerprintGroup
-from runner.db.queue import sent_request, with_model
-from runner.hashing import canonical_json, request_hash
-from runner.replay import Selection
-from runner.similarity import (
+from runner.analysis.compare import Result, changed_most, compare_pair, fingerprint_group, summarize
+from runner.analysis.similarity import (
     DiffOp,
     DiffPiece,
     cosine_distance,
@@ -23,7 +18,12 @@ from runner.similarity import (
     similarity,
     word_diff,
 )
-from runner.verify import group, judge
+from runner.analysis.verify import group, judge
+from runner.cli.replaying import _rate
+from runner.db.models import FingerprintGroup
+from runner.db.queue import sent_request, with_model
+from runner.hashing import canonical_json, request_hash
+from runner.replay import Selection
 
 
 def test_similarity_is_a_normalised_edit_distance() -> None:
@@ -174,11 +174,14 @@ def test_fail_under_accepts_fractions_and_percentages() -> None:
             _rate(ctx, param, bad)
 
 
-def run(state: str, outputs: list[str], fingerprint: str | None = "fp_a") -> SimpleNamespace:
+def run(
+    state: str, outputs: list[str], fingerprint: str | None = "fp_a", honoured: bool | None = None
+) -> SimpleNamespace:
     return SimpleNamespace(
         state=state,
         output=outputs[0] if outputs else None,
         outputs=json.dumps(outputs),
+        n_honoured=honoured,
         system_fingerprint=fingerprint,
         sent_endpoint="local",
         sent_model="m",
@@ -198,6 +201,21 @@ def test_verify_verdicts() -> None:
     assert (one_failed.unique_outputs, one_failed.succeeded, one_failed.tarr) == (1, 2, False)
     mixed = judge("m", [run("succeeded", ["x"], "fp_a"), run("succeeded", ["x"], None)], 2)
     assert mixed.fingerprints == ("fp_a", "null")
+    # Several samples per run: every sample counts, and one run short of n says so.
+    sampled = judge(
+        "k",
+        [
+            run("succeeded", ["a b c", "a b d"], honoured=True),
+            run("succeeded", ["a x"], None),
+            run("succeeded", ["a b c", "a b c"], honoured=False),
+        ],
+        3,
+    )
+    assert (sampled.samples, sampled.distinct_samples, sampled.diverges_at) == (5, 3, 1)
+    assert sampled.n_honoured is False
+    assert (same.samples, same.distinct_samples, same.diverges_at, same.n_honoured) == (
+        3, 1, None, None,
+    )  # fmt: skip
     (g,) = group([same, varied, one_failed])
     assert (g.jobs, g.tarr, g.tarr_rate, g.seeded) == (3, 1, 1 / 3, False)
     assert g.mean_unique == pytest.approx(4 / 3)

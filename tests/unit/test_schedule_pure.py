@@ -8,12 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from runner.compare import Result, compare_pair, summarize
-from runner.cron import CatchUp, parse_cron, parse_now, parse_schedule_block, shifted_clock
+from runner.analysis.compare import Result, compare_pair, samples, summarize
+from runner.analysis.distribution import distribution_test
+from runner.analysis.drift import alarms, classify
 from runner.db.models import DriftStatus
-from runner.drift import classify
 from runner.errors import JobFileError, ScheduleError
 from runner.jobfile import load_job_file
+from runner.scheduling.cron import (
+    CatchUp,
+    parse_cron,
+    parse_now,
+    parse_schedule_block,
+    shifted_clock,
+)
 
 
 def utc(*args: int) -> datetime:
@@ -161,42 +168,93 @@ def test_parse_schedule_block_reports_through_the_callback() -> None:
 # ---------------------------------------------------------------- drift statuses
 
 
-def result(key: str, *, ok: bool = True, text: str = "same", fp: str | None = "fp_a") -> Result:
+def result(
+    key: str,
+    *,
+    ok: bool = True,
+    text: str = "same",
+    fp: str | None = "fp_a",
+    samples: tuple[str, ...] | None = None,
+) -> Result:
+    outputs = samples or (text,)
     return Result(
         run_id=1,
         job_id=1,
         key=key,
         state="succeeded" if ok else "failed",
-        output=text if ok else None,
-        outputs=(text,) if ok else (),
+        output=outputs[0] if ok else None,
+        outputs=outputs if ok else (),
         fingerprint=fp if ok else None,
         sent_hash="v1:x",
     )
 
 
-def status(before: list[Result], after: list[Result]) -> DriftStatus:
+def judged(before: list[Result], after: list[Result]) -> tuple[DriftStatus, bool]:
     items = [compare_pair(a, b) for a, b in zip(before, after, strict=True)]
-    return classify(summarize(items), sum(not r.ok for r in after))
+    summary, tested = summarize(items), distribution_test(samples(items))
+    found = classify(summary, sum(not r.ok for r in after), tested)
+    return found, alarms(found, summary, tested)
+
+
+def status(before: list[Result], after: list[Result]) -> DriftStatus:
+    return judged(before, after)[0]
 
 
 def test_drift_status_precedence() -> None:
     same = [result("a"), result("b")]
     assert status(same, [result("a"), result("b")]) is DriftStatus.STABLE
+    # One sample per job: no test, exact match is all there is.
     assert status(same, [result("a"), result("b", text="other")]) is DriftStatus.OUTPUTS_CHANGED
     # A changed fingerprint explains changed outputs: it is reported instead.
     changed = [result("a", fp="fp_b", text="other"), result("b", fp="fp_b")]
-    assert status(same, changed) is DriftStatus.FINGERPRINT_CHANGED
+    assert judged(same, changed) == (DriftStatus.FINGERPRINT_CHANGED, True)
     # A failure comes first, whatever else changed.
     assert status(same, [result("a", fp="fp_b"), result("b", ok=False)]) is DriftStatus.FAILURES
     # Recovering from an earlier failure is a change of outputs, not stability.
     assert status([result("a", ok=False)], [result("a")]) is DriftStatus.OUTPUTS_CHANGED
     # An unknown (null) fingerprint is not a change of fingerprint.
     assert status([result("a", fp=None)], [result("a", fp=None)]) is DriftStatus.STABLE
-    assert classify(None, 0) is DriftStatus.BASELINE
-    assert classify(None, 2) is DriftStatus.FAILURES
+    none = distribution_test({})
+    assert classify(None, 0, none) is DriftStatus.BASELINE
+    assert classify(None, 2, none) is DriftStatus.FAILURES
+
+
+NOISY = ("The sky is blue.", "The sky is grey.", "The sky is blue today.", "The sky is clear.")
+
+
+def noisy(key: str, shift: int, *, fp: str = "fp_a", other: bool = False) -> Result:
+    """Ten samples drawn from NOISY (rotated by ``shift``), or from other text."""
+    texts = tuple(NOISY[(i + shift) % len(NOISY)] for i in range(10))
+    if other:
+        texts = tuple(f"Completely different answer number {i}." for i in range(10))
+    return result(key, fp=fp, samples=texts)
+
+
+def test_drift_with_samples_tells_noise_from_a_change() -> None:
+    keys = [f"job{i}" for i in range(6)]
+    before = [noisy(k, 0) for k in keys]
+    # The same mix of outputs, in another order: outputs differ, the test does not reject.
+    assert judged(before, [noisy(k, 1) for k in keys]) == (DriftStatus.WITHIN_NOISE, False)
+    # Another distribution: it rejects, and the command runs.
+    changed = [noisy(k, 0, other=True) for k in keys]
+    assert judged(before, changed) == (DriftStatus.DISTRIBUTION_CHANGED, True)
+    # A rotated fingerprint with outputs within noise is reported, not alarmed.
+    rotated = [noisy(k, 1, fp="fp_b") for k in keys]
+    assert judged(before, rotated) == (DriftStatus.FINGERPRINT_CHANGED, False)
+    # A rotated fingerprint and a changed distribution: the change is what counts.
+    moved = [noisy(k, 0, fp="fp_b", other=True) for k in keys]
+    assert judged(before, moved) == (DriftStatus.DISTRIBUTION_CHANGED, True)
 
 
 def test_drift_status_values_are_the_documented_ones() -> None:
     assert json.dumps(sorted(s.value for s in DriftStatus)) == json.dumps(
-        ["baseline", "failures", "fingerprint_changed", "outputs_changed", "stable"]
+        [
+            "baseline",
+            "distribution_changed",
+            "failures",
+            "fingerprint_changed",
+            "outputs_changed",
+            "stable",
+            "within_noise",
+        ]
     )

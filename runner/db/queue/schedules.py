@@ -63,6 +63,7 @@ async def insert_schedule(
     on_drift: str | None,
     now: datetime,
     samples: int | None = None,
+    alpha: float | None = None,
 ) -> int:
     """A new active schedule; its first tick is the first one after ``now``."""
     result = await conn.execute(
@@ -75,6 +76,7 @@ async def insert_schedule(
             catch_up=catch_up,
             on_drift=on_drift,
             samples=samples,
+            alpha=alpha,
             created_at=now,
             since=now,
             paused_at=None,

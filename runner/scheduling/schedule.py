@@ -6,12 +6,12 @@ cron expression and a time zone. Every ``runner work`` process runs
 for users of system cron or CI timers. A pass:
 
 1. creates a round (trigger ``schedule``) with one queued run per job for each due
-   tick (``runner.cron`` says which: by default only the most recent missed one).
+   tick (``runner.scheduling.cron`` says which: by default only the most recent missed one).
    All workers try; the unique index on ``rounds (schedule_id, scheduled_for)``
    lets exactly one succeed (``queue.create_tick_round``). Scheduled rounds always
    send their requests: stored results are never reused;
 2. stores a drift report for every scheduled round that has finished
-   (``runner.drift``);
+   (``runner.analysis.drift``);
 3. runs the pending on-drift commands it manages to claim.
 
 Pausing stops the ticks; resuming skips those that fell during the pause. Removing a
@@ -36,9 +36,8 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from runner import drift
+from runner.analysis import drift
 from runner.config import Settings
-from runner.cron import ScheduleSpec, check_catch_up, check_name, parse_cron
 from runner.db import queue
 from runner.db.models import Batch, DriftReport, Round, Schedule
 from runner.db.models import CatchUpPolicy as CatchUp
@@ -47,8 +46,10 @@ from runner.db.types import utcnow
 from runner.errors import NotFoundError, ScheduleError
 from runner.params import MAX_SAMPLES
 from runner.report import resolve_batch
+from runner.scheduling.cron import ScheduleSpec, check_catch_up, check_name, parse_cron
+from runner.scheduling.hooks import HookRun, run_pending_hooks
 
-log = logging.getLogger("runner.schedule")
+log = logging.getLogger("runner.scheduling.schedule")
 T = TypeVar("T")
 
 
@@ -73,6 +74,7 @@ class ScheduleInfo:
     catch_up: str
     on_drift: str | None
     samples: int | None  # samples per run its rounds ask for (None: each job's own)
+    alpha: float | None  # its drift reports' significance level (None: 0.05)
     created_at: datetime
     paused_at: datetime | None
     last_tick: datetime | None  # the latest tick that got a round
@@ -104,6 +106,7 @@ async def create_schedule(
         catch_up=spec.catch_up.value,
         on_drift=spec.on_drift,
         samples=spec.samples,
+        alpha=spec.alpha,
         now=now,
     )
     return name
@@ -119,17 +122,21 @@ async def add_schedule(
     catch_up: str = CatchUp.LATEST.value,
     on_drift: str | None = None,
     samples: int | None = None,
+    alpha: float | None = None,
     now: datetime | None = None,
 ) -> ScheduleInfo:
     """Validate everything, then store the schedule; nothing is written on an error."""
     if samples is not None and not 1 <= samples <= MAX_SAMPLES:
         raise ScheduleError(f"--samples must be from 1 to {MAX_SAMPLES}, got {samples}")
+    if alpha is not None and not 0 < alpha < 1:
+        raise ScheduleError(f"--alpha must be between 0 and 1 (e.g. 0.05), got {alpha:g}")
     spec = ScheduleSpec(
         cron=parse_cron(cron, timezone),
         name=check_name(name),
         catch_up=check_catch_up(catch_up),
         on_drift=on_drift if on_drift and on_drift.strip() else None,
         samples=samples,
+        alpha=alpha,
     )
     now = now or utcnow()
     try:
@@ -191,6 +198,7 @@ async def list_schedules(
                     catch_up=s.catch_up,
                     on_drift=s.on_drift,
                     samples=s.samples,
+                    alpha=s.alpha,
                     created_at=s.created_at,
                     paused_at=s.paused_at,
                     last_tick=row.last_tick,
@@ -261,7 +269,7 @@ class Due:
 
 
 async def due(engine: AsyncEngine, now: datetime) -> list[Due]:
-    """The due ticks of every active schedule at ``now`` (see ``runner.cron``)."""
+    """The due ticks of every active schedule at ``now`` (see ``runner.scheduling.cron``)."""
     last_tick = (
         select(func.max(Round.scheduled_for))
         .where(Round.schedule_id == Schedule.id)
@@ -336,7 +344,7 @@ class PassResult:
 
     rounds: list[Ticked] = field(default_factory=list)
     reports: list[drift.MadeReport] = field(default_factory=list)
-    hooks: list[drift.HookRun] = field(default_factory=list)
+    hooks: list[HookRun] = field(default_factory=list)
 
 
 async def run_pass(
@@ -355,7 +363,7 @@ async def run_pass(
     """
     rounds, reports = await _tick_and_report(engine, settings, clock, ticks=ticks, outage=outage)
     hooks = await _through(
-        outage, "running on-drift commands", lambda: drift.run_pending_hooks(engine, owner, clock)
+        outage, "running on-drift commands", lambda: run_pending_hooks(engine, owner, clock)
     )
     return PassResult(rounds, reports, hooks)
 
@@ -405,7 +413,7 @@ async def scheduler_loop(
         await _through(
             outage,
             "running on-drift commands",
-            lambda: drift.run_pending_hooks(engine, owner, clock),
+            lambda: run_pending_hooks(engine, owner, clock),
         )
         with anyio.move_on_after(settings.worker.schedule_seconds):
             await stop.wait()

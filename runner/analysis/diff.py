@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from runner.compare import Result, RoundRef, load_round
+from runner.analysis.compare import Result, RoundRef, load_round
+from runner.analysis.similarity import DiffPiece, divergence_offset, similarity, word_diff
 from runner.db.models import Batch, Job, Round, Run
 from runner.errors import NotFoundError, RunnerError
 from runner.replay import FINISHED
 from runner.report import resolve_batch
-from runner.similarity import DiffPiece, divergence_offset, similarity, word_diff
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from collections.abc import Mapping, Sequence
 import httpx2
 import openai
 
+from runner.analysis.similarity import cosine_distance
 from runner.config import EndpointConfig
 from runner.endpoints.client import Redactor
 from runner.errors import ConfigError, RunnerError
-from runner.similarity import cosine_distance
 
 DEFAULT_MODEL = "text-embedding-3-small"
 INPUTS_PER_REQUEST = 256

@@ -24,14 +24,20 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from runner.analysis.distribution import (
+    DEFAULT_ALPHA,
+    DistributionTest,
+    check_alpha,
+    distribution_test,
+)
+from runner.analysis.embedding import DEFAULT_MODEL, embedding_distances
+from runner.analysis.similarity import divergence_offset, similarity
 from runner.config import Settings
 from runner.db import queue
 from runner.db.models import Batch, FingerprintGroup, Job, Round, Run, RunState
 from runner.db.types import utcnow
-from runner.embedding import DEFAULT_MODEL, embedding_distances
 from runner.errors import NotFoundError, RunnerError
 from runner.report import resolve_batch
-from runner.similarity import divergence_offset, similarity
 
 UNFINISHED = (RunState.QUEUED.value, RunState.RUNNING.value)
 
@@ -231,6 +237,7 @@ class ComparisonReport:
     changed_most: list[Item]
     embeddings_endpoint: str | None = None
     embeddings_model: str | None = None
+    distribution: DistributionTest | None = None
 
 
 async def _rounds(conn: AsyncConnection, batch: Batch) -> list[Any]:
@@ -429,9 +436,11 @@ async def compare(
     rounds: tuple[int, int] | None = None,
     embeddings: EmbeddingOptions | None = None,
     top: int = 5,
+    alpha: float = DEFAULT_ALPHA,
     now: datetime | None = None,
 ) -> ComparisonReport:
     """Compare two finished rounds, store the comparison, and return the report."""
+    check_alpha(alpha)
     async with engine.connect() as conn:
         a, b = await resolve_sides(conn, batch_ref, other_ref, rounds)
         side_a = await load_round(conn, a.round_id)
@@ -447,6 +456,8 @@ async def compare(
     if embeddings is not None:
         items, embeddings_endpoint = await _with_embeddings(settings, items, embeddings)
     summary = summarize(items, only_a=len(side_a) - len(keys), only_b=len(side_b) - len(keys))
+    tested = distribution_test(samples(items), alpha)
+    columns, rows = stored_rows(summary, items, tested)
     created_at = now or utcnow()
     async with engine.begin() as conn:
         comparison_id = await queue.insert_comparison(
@@ -459,9 +470,9 @@ async def compare(
                 "round_b_id": b.round_id,
                 "embeddings_endpoint": embeddings_endpoint,
                 "embeddings_model": embeddings.model if embeddings else None,
-                **_summary_row(summary),
+                **columns,
             },
-            [_row(i) for i in items],
+            rows,
         )
     return ComparisonReport(
         id=comparison_id,
@@ -473,13 +484,22 @@ async def compare(
         changed_most=changed_most(items, top),
         embeddings_endpoint=embeddings_endpoint,
         embeddings_model=embeddings.model if embeddings else None,
+        distribution=tested,
     )
 
 
+def samples(items: Sequence[Item]) -> dict[str, tuple[Sequence[str | None], Sequence[str | None]]]:
+    """Every sample of the jobs that succeeded on both sides, for the distribution test."""
+    return {i.key: (i.a.outputs, i.b.outputs) for i in items if i.a.ok and i.b.ok}
+
+
 def stored_rows(
-    summary: Summary, items: Sequence[Item]
+    summary: Summary, items: Sequence[Item], tested: DistributionTest
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """What ``compare`` stores for a measured pair of rounds: the ``comparisons`` columns
-    of the summary (sides, date and embeddings left to the caller) and one
-    ``comparison_items`` row per job. Drift reports store their comparisons with it."""
-    return _summary_row(summary), [_row(i) for i in items]
+    of the summary and the distribution test (sides, date and embeddings left to the
+    caller) and one ``comparison_items`` row per job. Drift reports store theirs with it."""
+    return (
+        {**_summary_row(summary), **tested.columns()},
+        [{**_row(i), **tested.item_columns(i.key)} for i in items],
+    )

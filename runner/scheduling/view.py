@@ -16,9 +16,9 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from runner.drift import DriftRow
+from runner.analysis.drift import DriftRow
 from runner.richtext import render
-from runner.schedule import PassResult, ScheduleInfo
+from runner.scheduling.schedule import PassResult, ScheduleInfo
 from runner.tabular import plain
 
 
@@ -150,7 +150,15 @@ def drift_text(rows: Sequence[DriftRow], width: int = 120) -> str:
             "(see `runner schedule list`)"
         )
     table = _table(
-        "report", "tick", "schedule", "rounds", "status", "exact match", "fingerprints", "on-drift"
+        "report",
+        "tick",
+        "schedule",
+        "rounds",
+        "status",
+        "p",
+        "exact match",
+        "fingerprints",
+        "on-drift",
     )
     for r in rows:
         rounds = (
@@ -162,6 +170,7 @@ def drift_text(rows: Sequence[DriftRow], width: int = 120) -> str:
             Text(r.schedule or f"(removed) batch {r.batch_id}"),
             rounds,
             r.status,
+            "-" if r.p_value is None else f"{r.p_value:.3g}",
             _exact(r),
             Text(_fingerprints(r)),
             _hook(r),

@@ -3,45 +3,63 @@
 When every run of a scheduled round has finished, the next scheduler pass compares it
 with the latest earlier finished round of the same batch that covers every job (a
 submit, schedule, full replay or verify round) using the compare machinery
-(``runner.compare``), and stores the comparison and a drift report together. The
-report's status is the first of these that applies:
+(``runner.analysis.compare``, with its distribution test at the schedule's ``alpha``), and
+stores the comparison and a drift report together. The report's status is the first
+of these that applies:
 
 1. ``failures``: a run of the scheduled round did not succeed (a failure hides what
    the job would have returned, so it is reported before anything else);
-2. ``fingerprint_changed``: a job that succeeded on both sides returned another
-   ``system_fingerprint`` (the backend changed: other outputs are expected);
-3. ``outputs_changed``: some job's outputs differ (every choice compared) while no
-   fingerprint changed, including a job that failed before and succeeds now;
-4. ``stable``: every job succeeded with byte-identical outputs.
+2. ``baseline``: nothing earlier to compare with;
+3. ``distribution_changed``: the distribution test rejects: the outputs come from
+   another distribution (a new model behind the same name, a changed parameter);
+4. ``fingerprint_changed``: a job that succeeded on both sides returned another
+   ``system_fingerprint``, while the test does not reject (or could not be made);
+5. ``outputs_changed``: some job's outputs differ and no test could be made (one
+   sample per job: exact match is all there is);
+6. ``within_noise``: outputs differ, and the test does not reject: the endpoint's own
+   noise (best-effort seeds, sampling at temperature > 0);
+7. ``stable``: every job succeeded with byte-identical outputs.
 
-``baseline`` marks a scheduled round with nothing earlier to compare with.
-
-For ``failures``, ``fingerprint_changed`` and ``outputs_changed``, the schedule's
-on-drift command (if any) runs through the shell with the report as JSON on stdin.
-Exactly one worker stores a report (unique ``round_id``) and exactly one claims its
-command (a fenced UPDATE), so the command never runs twice however many workers
-race; a worker killed while the command runs leaves it ``running``. A failing
-command is logged and recorded, never fatal.
+The schedule's on-drift command (if any) runs through the shell with the report as
+JSON on stdin for ``failures``, ``distribution_changed`` and ``outputs_changed``, and
+for ``fingerprint_changed`` only when the outputs moved too, as far as can be told (no
+test could be made and some outputs differ): OpenAI rotates fingerprints on an
+unchanged model, and the report says so instead of alarming. Exactly one worker
+stores a report (unique ``round_id``) and exactly one claims its command (a fenced
+UPDATE), so the command never runs twice however many workers race; a worker killed
+while the command runs leaves it ``running``. A failing command is logged and
+recorded, never fatal.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import anyio
-from sqlalchemy import exists, func, or_, select
+from sqlalchemy import exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from runner.compare import Result, Summary, compare_pair, load_round, stored_rows, summarize
+from runner.analysis.compare import (
+    Result,
+    Summary,
+    compare_pair,
+    load_round,
+    samples,
+    stored_rows,
+    summarize,
+)
+from runner.analysis.distribution import (
+    DEFAULT_ALPHA,
+    DistributionTest,
+    Verdict,
+    distribution_test,
+)
 from runner.db import queue
 from runner.db.models import (
     Batch,
-    ComparisonItem,
     DriftReport,
     DriftStatus,
     FingerprintGroup,
@@ -53,28 +71,62 @@ from runner.db.models import (
     Schedule,
 )
 
-log = logging.getLogger("runner.drift")
+log = logging.getLogger("runner.analysis.drift")
 
 UNFINISHED = (RunState.QUEUED.value, RunState.RUNNING.value)
 # Rounds that ran every job of their batch (replays narrowed by filters did not).
 FULL_SELECTIONS = ("all", "verify")
-DRIFT = (DriftStatus.FAILURES, DriftStatus.FINGERPRINT_CHANGED, DriftStatus.OUTPUTS_CHANGED)
-HOOK_TIMEOUT_SECONDS = 300.0
-HOOK_CHANGED_JOBS = 20  # most changed jobs listed in the JSON an on-drift command reads
-ERROR_TAIL = 2000  # characters of a failing command's stderr kept in on_drift_error
 
 
-def classify(summary: Summary | None, failed: int) -> DriftStatus:
+def classify(summary: Summary | None, failed: int, tested: DistributionTest) -> DriftStatus:
     """The status of a report (see the module doc for the order)."""
     if failed:
         return DriftStatus.FAILURES
     if summary is None or not summary.matched:
         return DriftStatus.BASELINE
+    if tested.verdict is Verdict.CHANGED:
+        return DriftStatus.DISTRIBUTION_CHANGED
     if summary.by_fingerprint[FingerprintGroup.CHANGED].jobs:
         return DriftStatus.FINGERPRINT_CHANGED
     if summary.overall.exact < summary.matched:
-        return DriftStatus.OUTPUTS_CHANGED
+        if tested.verdict is Verdict.NOT_TESTED:
+            return DriftStatus.OUTPUTS_CHANGED
+        return DriftStatus.WITHIN_NOISE
     return DriftStatus.STABLE
+
+
+def alarms(status: DriftStatus, summary: Summary | None, tested: DistributionTest) -> bool:
+    """Whether the on-drift command runs for this report (see the module doc)."""
+    if status in (
+        DriftStatus.FAILURES,
+        DriftStatus.DISTRIBUTION_CHANGED,
+        DriftStatus.OUTPUTS_CHANGED,
+    ):
+        return True
+    if status is DriftStatus.FINGERPRINT_CHANGED:
+        moved = summary is not None and summary.overall.exact < summary.matched
+        return moved and tested.verdict is Verdict.NOT_TESTED
+    return False
+
+
+EXPLANATIONS: dict[str, str] = {
+    DriftStatus.FAILURES: "some runs of the round failed",
+    DriftStatus.BASELINE: "the first round: nothing to compare with",
+    DriftStatus.DISTRIBUTION_CHANGED: "the outputs come from another distribution than the "
+    "previous round's (the distribution test rejects): the model or its settings changed",
+    DriftStatus.FINGERPRINT_CHANGED: "system_fingerprint changed; the distribution test does "
+    "not reject (or could not be made): providers rotate fingerprints on unchanged models",
+    DriftStatus.OUTPUTS_CHANGED: "some outputs differ and no distribution test could be made "
+    "(one sample per job: ask for samples to tell a change from noise)",
+    DriftStatus.WITHIN_NOISE: "some outputs differ, as this endpoint's own noise makes them "
+    "differ: the distribution test does not reject",
+    DriftStatus.STABLE: "every output is byte-identical",
+}
+
+
+def explain(status: str) -> str:
+    """What a drift status means, in a sentence."""
+    return EXPLANATIONS.get(status, status)
 
 
 def _prints(results: Sequence[Result]) -> str | None:
@@ -137,11 +189,13 @@ async def make_report(engine: AsyncEngine, rnd: Any, now: datetime) -> MadeRepor
         previous = await previous_round(conn, rnd.batch_id, rnd.number)
         after = await load_round(conn, rnd.id)
         before = await load_round(conn, previous.id) if previous is not None else {}
-        command = None
+        command, alpha = None, None
         if rnd.schedule_id is not None:
-            command = await conn.scalar(
-                select(Schedule.on_drift).where(Schedule.id == rnd.schedule_id)
-            )
+            command, alpha = (
+                await conn.execute(
+                    select(Schedule.on_drift, Schedule.alpha).where(Schedule.id == rnd.schedule_id)
+                )
+            ).one_or_none() or (None, None)
     keys = sorted(before.keys() & after.keys())
     items = [compare_pair(before[k], after[k]) for k in keys]
     summary = (
@@ -149,13 +203,14 @@ async def make_report(engine: AsyncEngine, rnd: Any, now: datetime) -> MadeRepor
         if keys
         else None
     )
+    tested = distribution_test(samples(items), alpha or DEFAULT_ALPHA)
     failed = sum(not r.ok for r in after.values())
-    status = classify(summary, failed)
-    hook = command is not None and status in DRIFT
+    status = classify(summary, failed, tested)
+    hook = command is not None and alarms(status, summary, tested)
     comparison: dict[str, Any] | None = None
     rows: list[dict[str, Any]] = []
     if summary is not None and previous is not None:
-        columns, rows = stored_rows(summary, items)
+        columns, rows = stored_rows(summary, items, tested)
         comparison = {
             "created_at": now,
             "batch_a_id": rnd.batch_id,
@@ -181,6 +236,8 @@ async def make_report(engine: AsyncEngine, rnd: Any, now: datetime) -> MadeRepor
         ),
         "fingerprints_before": _prints([i.a for i in items]) if items else None,
         "fingerprints_after": _prints(list(after.values())),
+        "p_value": tested.p_value if summary is not None else None,
+        "alpha": tested.alpha,
         "on_drift_command": command if hook else None,
         "on_drift_state": HookState.PENDING.value if hook else None,
     }
@@ -202,173 +259,6 @@ async def report_finished(engine: AsyncEngine, now: datetime) -> list[MadeReport
         if report is not None:
             made.append(report)
     return made
-
-
-# ---------------------------------------------------------------- on-drift commands
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _split(prints: str | None) -> list[str]:
-    return [p for p in (prints or "").split(", ") if p]
-
-
-async def report_payload(conn: AsyncConnection, report_id: int) -> dict[str, Any]:
-    """The JSON document an on-drift command reads on stdin."""
-    previous = Round.__table__.alias("previous")
-    row = (
-        await conn.execute(
-            select(
-                DriftReport,
-                Schedule.name.label("schedule_name"),
-                Schedule.cron,
-                Schedule.timezone,
-                Batch.name.label("batch_name"),
-                Round.number.label("round_number"),
-                Round.scheduled_for,
-                previous.c.number.label("previous_number"),
-            )
-            .join(Batch, Batch.id == DriftReport.batch_id)
-            .join(Round, Round.id == DriftReport.round_id)
-            .outerjoin(previous, previous.c.id == DriftReport.previous_round_id)
-            .outerjoin(Schedule, Schedule.id == DriftReport.schedule_id)
-            .where(DriftReport.id == report_id)
-        )
-    ).one()
-    report = row  # Core rows: the report's columns, flattened
-    changed = []
-    if report.comparison_id is not None:
-        changed = [
-            {
-                "key": item.key,
-                "state_before": item.state_a,
-                "state_after": item.state_b,
-                "similarity": item.similarity,
-                "fingerprint": item.fingerprint,
-                "run_before": item.run_a_id,
-                "run_after": item.run_b_id,
-            }
-            for item in await conn.execute(
-                select(ComparisonItem)
-                .where(
-                    ComparisonItem.comparison_id == report.comparison_id,
-                    ~ComparisonItem.exact_match,
-                )
-                .order_by(func.coalesce(ComparisonItem.similarity, -1.0), ComparisonItem.key)
-                .limit(HOOK_CHANGED_JOBS)
-            )
-        ]
-    return {
-        "report_id": report.id,
-        "status": report.status,
-        "created_at": _iso(report.created_at),
-        "schedule": row.schedule_name,
-        "cron": row.cron,
-        "timezone": row.timezone,
-        "batch": {"id": report.batch_id, "name": row.batch_name},
-        "round": {
-            "id": report.round_id,
-            "number": row.round_number,
-            "scheduled_for": _iso(row.scheduled_for),
-        },
-        "previous_round": (
-            None
-            if report.previous_round_id is None
-            else {"id": report.previous_round_id, "number": row.previous_number}
-        ),
-        "comparison_id": report.comparison_id,
-        "matched": report.matched,
-        "exact_matches": report.exact_matches,
-        "exact_match_rate": report.exact_match_rate,
-        "mean_similarity": report.mean_similarity,
-        "failed": report.failed,
-        "fingerprint_changed": report.fingerprint_changed,
-        "fingerprints_before": _split(report.fingerprints_before),
-        "fingerprints_after": _split(report.fingerprints_after),
-        "changed_jobs": changed,
-    }
-
-
-@dataclass(frozen=True)
-class HookRun:
-    """An on-drift command this worker ran."""
-
-    report_id: int
-    command: str
-    succeeded: bool
-    exit_code: int | None
-    error: str | None
-
-
-async def _execute(command: str, stdin: bytes) -> tuple[int | None, str | None]:
-    """Run ``command`` through the shell; (exit code, error or None)."""
-    try:
-        with anyio.fail_after(HOOK_TIMEOUT_SECONDS):
-            done = await anyio.run_process(command, input=stdin, check=False)
-    except TimeoutError:
-        return None, f"timed out after {HOOK_TIMEOUT_SECONDS:g} s (killed)"
-    except OSError as exc:
-        return None, f"could not start: {exc}"
-    if done.returncode == 0:
-        return 0, None
-    tail = done.stderr.decode("utf-8", "replace").strip()[-ERROR_TAIL:]
-    return done.returncode, f"exit {done.returncode}" + (f": {tail}" if tail else "")
-
-
-async def run_hook(
-    engine: AsyncEngine, report_id: int, owner: str, clock: Callable[[], datetime]
-) -> HookRun | None:
-    """Claim and run one report's on-drift command (None: not pending any more)."""
-    if not await queue.claim_drift_hook(engine, report_id, owner, clock()):
-        return None
-    async with engine.connect() as conn:
-        command = await conn.scalar(
-            select(DriftReport.on_drift_command).where(DriftReport.id == report_id)
-        )
-        payload = await report_payload(conn, report_id)
-    stdin = (json.dumps(payload, indent=2) + "\n").encode("utf-8")
-    try:
-        code, error = await _execute(str(command), stdin)
-    except anyio.get_cancelled_exc_class():
-        with anyio.CancelScope(shield=True):
-            await queue.finish_drift_hook(
-                engine, report_id, owner, succeeded=False, exit_code=None,
-                error="the worker stopped while the command ran", now=clock(),
-            )  # fmt: skip
-        raise
-    with anyio.CancelScope(shield=True):
-        await queue.finish_drift_hook(
-            engine, report_id, owner, succeeded=error is None, exit_code=code, error=error,
-            now=clock(),
-        )  # fmt: skip
-    if error is not None:
-        log.warning("on-drift command of drift report %d (%s) failed: %s", report_id,
-                    command, error)  # fmt: skip
-    return HookRun(report_id, str(command), error is None, code, error)
-
-
-async def run_pending_hooks(
-    engine: AsyncEngine, owner: str, clock: Callable[[], datetime]
-) -> list[HookRun]:
-    """Run every pending on-drift command this worker manages to claim, oldest first."""
-    async with engine.connect() as conn:
-        pending = list(
-            (
-                await conn.execute(
-                    select(DriftReport.id)
-                    .where(DriftReport.on_drift_state == HookState.PENDING.value)
-                    .order_by(DriftReport.id)
-                )
-            ).scalars()
-        )
-    ran = []
-    for report_id in pending:
-        done = await run_hook(engine, report_id, owner, clock)
-        if done is not None:
-            ran.append(done)
-    return ran
 
 
 # ---------------------------------------------------------------- history
@@ -395,6 +285,8 @@ class DriftRow:
     failed: int
     fingerprints_before: str | None
     fingerprints_after: str | None
+    p_value: float | None  # the distribution test's (None: none made)
+    alpha: float | None
     comparison_id: int | None
     on_drift_state: str | None
     on_drift_exit_code: int | None
@@ -447,6 +339,8 @@ async def history(engine: AsyncEngine, schedule_id: int | None, limit: int) -> l
                 failed=r.failed,
                 fingerprints_before=r.fingerprints_before,
                 fingerprints_after=r.fingerprints_after,
+                p_value=r.p_value,
+                alpha=r.alpha,
                 comparison_id=r.comparison_id,
                 on_drift_state=r.on_drift_state,
                 on_drift_exit_code=r.on_drift_exit_code,

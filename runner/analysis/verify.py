@@ -8,7 +8,12 @@ fingerprint / seeded-or-not group:
 * unique outputs out of K (1: every run gave the same text);
 * TARr@K, the total agreement rate on raw outputs: the job's K outputs are all
   byte-identical (and all K runs succeeded);
-* the mean pairwise similarity of the K outputs (normalised edit distance).
+* the mean pairwise similarity of the K outputs (normalised edit distance);
+* the job's own noise on its endpoint, over every sample (all choices of all K runs:
+  ``--samples`` asks each run for several): how many distinct texts, where they first
+  diverge (the index of the first word, counted on whitespace, at which they are not all
+  the same: a remote model's tokenizer is unknown), and whether the endpoint honoured
+  ``n`` (``runs.n_honoured``). That noise is what the drift test is calibrated against.
 
 The rounds stay in the database like any other: ``runner compare`` and ``runner diff``
 read them too.
@@ -16,6 +21,7 @@ read them too.
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,13 +32,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from runner.analysis.similarity import mean_pairwise_similarity
 from runner.config import Settings
 from runner.db import queue
 from runner.db.models import Job, Round, Run, RunState
 from runner.db.types import utcnow
 from runner.replay import Selection, check_overrides, queue_replay
 from runner.report import resolve_batch
-from runner.similarity import mean_pairwise_similarity
 from runner.submit import submit
 from runner.work import Worker
 
@@ -53,6 +59,10 @@ class JobVerdict:
     unique_outputs: int  # distinct outputs among the runs that succeeded
     tarr: bool  # all K runs succeeded with byte-identical outputs
     mean_similarity: float | None  # over every pair of outputs; None for fewer than two
+    samples: int = 0  # completions over the successful runs (K x samples per run)
+    distinct_samples: int = 0  # distinct texts among them
+    diverges_at: int | None = None  # the first word at which they differ; None: identical
+    n_honoured: bool | None = None  # several samples per run: all in one response? (any not)
 
 
 @dataclass(frozen=True)
@@ -159,10 +169,30 @@ async def verify(
 # ---------------------------------------------------------------- the report
 
 
+def first_divergence(texts: Sequence[str]) -> int | None:
+    """The index of the first whitespace-separated word at which ``texts`` are not all the
+    same (the shortest one's length when one is a prefix of the others); None when they
+    are byte-identical (or fewer than two)."""
+    if len(set(texts)) <= 1:
+        return None
+    words = [text.split() for text in texts]
+    shortest = min(len(w) for w in words)
+    for index in range(shortest):
+        if len({w[index] for w in words}) > 1:
+            return index
+    return shortest
+
+
+def _honoured(runs: Sequence[Any]) -> bool | None:
+    said = [r.n_honoured for r in runs if r.n_honoured is not None]
+    return None if not said else all(said)
+
+
 def judge(key: str, runs: Sequence[Any], times: int) -> JobVerdict:
     """The verdict on one job from its runs (rows with state, output(s), fingerprint)."""
     ok = [r for r in runs if r.state == RunState.SUCCEEDED]
     outputs = {r.outputs for r in ok}
+    samples = [text or "" for r in ok for text in json.loads(r.outputs or "[]")]
     first = runs[0]
     return JobVerdict(
         key=key,
@@ -175,6 +205,10 @@ def judge(key: str, runs: Sequence[Any], times: int) -> JobVerdict:
         unique_outputs=len(outputs),
         tarr=len(ok) == times and len(outputs) == 1,
         mean_similarity=mean_pairwise_similarity([r.output or "" for r in ok]),
+        samples=len(samples),
+        distinct_samples=len(set(samples)),
+        diverges_at=first_divergence(samples),
+        n_honoured=_honoured(ok),
     )
 
 
@@ -217,6 +251,7 @@ async def report(conn: AsyncConnection, round_ids: Sequence[int]) -> VerifyRepor
             Run.state,
             Run.output,
             Run.outputs,
+            Run.n_honoured,
             Run.system_fingerprint,
             queue.sent_endpoint().label("sent_endpoint"),
             func.coalesce(Round.model, Job.model).label("sent_model"),
