@@ -21,7 +21,7 @@ separates two words does not matter).
 
 Everything is numpy over whole jobs: strings go in as one buffer of code points, words
 and runs become 64-bit polynomial hashes (collisions are ignored: at about 10^5 runs a
-job, the chance of one is about 10^-9). numpy is imported inside the functions.
+job, the chance of one is a few in 10^9). numpy is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -94,6 +94,8 @@ def spectrum_gram(
     """Normalised count of common runs of 1..k tokens (code points or words); diagonal 1."""
     import numpy as np
 
+    if not 1 <= k <= 15:  # the run's size lives in 4 bits of its key
+        raise ValueError("k must be between 1 and 15")
     padded, inside = _code_points(texts, max_chars)
     if unit == "words":
         tokens, inside = _words(padded, inside)
@@ -160,10 +162,20 @@ def _count_gram(
     import numpy as np
 
     unique, column = np.unique(keys, return_inverse=True)
-    table = np.bincount(column * count + rows, minlength=unique.size * count)
-    table = table.reshape(unique.size, count).astype(np.float64)  # (runs, texts)
-    norms = np.einsum("rt,rt->t", table, table)
-    shared = table[np.count_nonzero(table, axis=1) >= 2]  # only these reach off the diagonal
+    # How often each text holds each run: one entry per (run, text) that occurs.
+    pairs, times = np.unique(column * count + rows, return_counts=True)
+    run_of, text_of = np.divmod(pairs, count)
+    times = times.astype(np.float64)
+    norms = np.bincount(text_of, weights=times * times, minlength=count)
+    # Only runs held by two or more texts reach off the diagonal; the table holds just those.
+    holders = np.bincount(run_of, minlength=unique.size)
+    keep = holders[run_of] >= 2
+    kept = run_of[keep]  # sorted: number the kept runs in order
+    first = np.ones(kept.size, dtype=bool)
+    first[1:] = kept[1:] != kept[:-1]
+    dense = np.cumsum(first) - 1
+    shared = np.zeros((int(first.sum()), count), dtype=np.float64)
+    shared[dense, text_of[keep]] = times[keep]
     gram = shared.T @ shared
     gram[np.diag_indices(count)] = norms
     scale = np.sqrt(np.where(norms > 0, norms, 1.0))
