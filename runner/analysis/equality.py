@@ -9,14 +9,16 @@ Kernel. Over (prompt, completion) pairs, ``k((x, y), (x', y')) = 1[x = x'] * h(y
 only completions of the same job are ever compared. ``h`` is one of the string kernels
 of ``runner.analysis.kernels``: ``hamming`` (the paper's default, on code points),
 ``words`` (the paper's k-spectrum kernel on words, runs of 1 to 3) or ``chars`` (the
-same on code points, runs of 1 to 5, the reference code's k).
+same on code points, runs of 1 to 5, the reference code's k). Completions are cut to
+their first ``max_chars`` code points (default 1,000, the length the reference dataset
+loader pads to).
 
 Statistic. Per job and kernel, the unbiased MMD² (Gretton et al. 2012): the mean ``h``
 over distinct pairs within round A, plus the same within round B, minus twice the mean
 over A-B pairs. A kernel's round statistic is the mean over the tested jobs. With the
 same number of samples per job on each side this is exactly the reference code's pooled
-statistic; when counts differ between jobs, the pooled form's per-job parts stop
-centring on zero under the null while a mean of unbiased per-job estimates does not.
+statistic. When counts differ between jobs, the pooled form's per-job parts no longer
+centre on zero under the null; unbiased per-job estimates always do.
 
 Several kernels (the default: ``hamming`` and ``words``). Each kernel's statistic is
 standardised by the mean and standard deviation of its values over the relabellings,
