@@ -20,8 +20,8 @@ the code behind the in-process endpoint and ``runner serve``): per prompt and ro
 request with ``n = K``, a system message and a user message. An "unseeded" request
 carries a seed drawn from this script's generator, fresh for every request: the same
 distribution as no seed at all (every request independent), but figures that reproduce.
-A setup is a frozen ``Setup``; the seeded-with-nondeterminism case of issue 16 is one
-more ``Setup`` (``seeded=True, temperature=0``) once ``LocalModelService`` takes the knob.
+A setup is a frozen ``Setup``: the endpoint's knobs (variant, nondeterminism,
+fingerprints) and every request's parameters.
 
 Run: ``python bench/drift.py [--parts cost,false,power] [--trials 50] [--rounds 100]``.
 """
@@ -79,9 +79,16 @@ class Setup:
     user_suffix: str = ""
     variant: str | None = None
     seeded: bool = False  # True: one fixed seed per job, the same in every round
+    nondeterminism: float = 0.0  # share of seeded completions that leave their seeded text
+    fingerprints: tuple[str, ...] | None = None  # served at once, one drawn per response
 
-    def service(self) -> LocalModelService:
-        return LocalModelService(variant=self.variant)
+    def service(self, noise_seed: int = 0) -> LocalModelService:
+        return LocalModelService(
+            variant=self.variant,
+            nondeterminism=self.nondeterminism,
+            fingerprints=self.fingerprints,
+            noise_seed=noise_seed,
+        )
 
 
 BASE = Setup("unseeded, temperature 0.7, max_tokens 64")
@@ -90,8 +97,16 @@ FALSE_ALARM_SETUPS = (
     BASE,
     # Exact mode: seeded, no nondeterminism; every round byte-identical.
     replace(BASE, label="seeded, temperature 0.7 (deterministic endpoint)", seeded=True),
-    # Seeded at temperature 0 with nondeterminism 0.5 joins here once the built-in model
-    # has the knob: replace(BASE, seeded=True, temperature=0.0) + the service argument.
+    # A real endpoint's seeded requests: half leave their seeded text at a random token
+    # (batch-dependent kernels), under fingerprints that rotate among three values.
+    replace(
+        BASE,
+        label="seeded, temperature 0, nondeterminism 0.5, 3 fp",
+        seeded=True,
+        temperature=0.0,
+        nondeterminism=0.5,
+        fingerprints=("fp_a1", "fp_b2", "fp_c3"),
+    ),
 )
 
 CHANGES = (
@@ -210,7 +225,7 @@ def false_alarms(rounds: int, permutations: int, seed: int) -> None:
     )
     for number, setup in enumerate(FALSE_ALARM_SETUPS):
         rng = random.Random(seed * 1000 + number)
-        service = setup.service()
+        service = setup.service(noise_seed=seed * 1000 + number)
         results, exact = [], []
         for index in range(rounds):
             a = draw_round(service, setup, 10, rng)

@@ -28,7 +28,7 @@ from runner.config import Settings
 from runner.db import queue
 from runner.db.models import Batch, Job, Round, Run, RunState
 from runner.db.types import utcnow
-from runner.errors import NotFoundError, RunnerError
+from runner.errors import ConfigError, NotFoundError, RunnerError
 from runner.params import MAX_SAMPLES
 from runner.report import resolve_batch
 
@@ -113,7 +113,7 @@ def check_overrides(
     if model is not None and not model.strip():
         raise RunnerError("--model must name a model")
     if samples is not None and not 1 <= samples <= MAX_SAMPLES:
-        raise RunnerError(f"--samples must be from 1 to {MAX_SAMPLES}, got {samples}")
+        raise ConfigError(f"--samples must be from 1 to {MAX_SAMPLES}, got {samples}")
 
 
 async def queue_replay(

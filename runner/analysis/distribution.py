@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.errors import RunnerError
+from runner.errors import ConfigError
 
 DEFAULT_ALPHA = 0.05
 SEED = 0  # the permutations' seed: a stored test can be recomputed
@@ -97,7 +97,7 @@ class DistributionTest:
 
 def check_alpha(alpha: float) -> float:
     if not 0 < alpha < 1:
-        raise RunnerError(f"--alpha must be between 0 and 1 (e.g. 0.05), got {alpha:g}")
+        raise ConfigError(f"--alpha must be between 0 and 1 (e.g. 0.05), got {alpha:g}")
     return alpha
 
 

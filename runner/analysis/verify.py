@@ -37,6 +37,7 @@ from runner.config import Settings
 from runner.db import queue
 from runner.db.models import Job, Round, Run, RunState
 from runner.db.types import utcnow
+from runner.errors import ConfigError
 from runner.replay import Selection, check_overrides, queue_replay
 from runner.report import resolve_batch
 from runner.submit import submit
@@ -108,11 +109,21 @@ async def prepare(
     *,
     times: int,
     endpoint: str | None = None,
+    samples: int | None = None,
     now: datetime | None = None,
 ) -> list[int]:
-    """Queue K runs of every job of ``target`` (a job file or a batch); returns the rounds."""
+    """Queue K runs of every job of ``target`` (a job file or a batch); returns the rounds.
+
+    ``samples``: each run asks for that many samples (``rounds.samples``); a batch only:
+    a job file says it itself (``samples: K``), since its first round is its submit's.
+    """
     if times < 2:
         raise ValueError("verify needs at least two runs per job")
+    if samples is not None and is_job_file(target):
+        raise ConfigError(
+            f"--samples applies to a batch: write samples: {samples} in {target}, "
+            "or verify the submitted batch with --samples"
+        )
     now = now or utcnow()
     round_ids: list[int] = []
     if is_job_file(target):
@@ -121,7 +132,7 @@ async def prepare(
         round_ids.append(sub.round_id)
         batch_ref, override = str(sub.batch_id), None
     else:
-        check_overrides(settings, endpoint, None)
+        check_overrides(settings, endpoint, None, samples)
         batch_ref, override = target, endpoint
     async with engine.begin() as conn:
         batch = await resolve_batch(conn, batch_ref)
@@ -135,6 +146,7 @@ async def prepare(
                 model=None,
                 reuse=False,
                 now=now,
+                samples=samples,
                 label="verify",
             )
             round_ids.append(replayed.round_id)
@@ -148,11 +160,14 @@ async def verify(
     *,
     times: int,
     endpoint: str | None = None,
+    samples: int | None = None,
     concurrency: int | None = None,
     handle_signals: bool = False,
 ) -> VerifyReport:
     """Queue, work and report: the whole of ``runner verify``."""
-    round_ids = await prepare(engine, settings, target, times=times, endpoint=endpoint)
+    round_ids = await prepare(
+        engine, settings, target, times=times, endpoint=endpoint, samples=samples
+    )
     worker = Worker(
         engine,
         settings,

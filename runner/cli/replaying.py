@@ -358,6 +358,13 @@ def diff_cmd(obj: Context, batch: str, key: str, rounds: tuple[int, int] | None)
     help="Send every job to this endpoint [default: the file's, or each job's own]",
 )
 @click.option(
+    "--samples",
+    type=click.IntRange(1, MAX_SAMPLES),
+    show_envvar=True,
+    help="Samples per run, for a BATCH (the body's n; a job file says samples: K itself): "
+    "the table then counts distinct samples and whether the endpoint honoured n.",
+)
+@click.option(
     "--top",
     type=click.IntRange(min=0),
     default=50,
@@ -372,6 +379,7 @@ def verify_cmd(
     target: str,
     times: int,
     endpoint: str | None,
+    samples: int | None,
     top: int,
     fmt: str,
     concurrency: int | None,
@@ -380,7 +388,9 @@ def verify_cmd(
 
     JOBFILE is submitted first (round 1 is the first run); a BATCH gets K new rounds.
     Per job and per endpoint / model / fingerprint: unique outputs out of K, TARr@K
-    (all K outputs byte-identical) and mean pairwise similarity. Exits 1 if a run failed.
+    (all K outputs byte-identical) and mean pairwise similarity; per job, its own noise:
+    the word at which its outputs diverge, and with several samples per run, distinct
+    samples and whether the endpoint honoured n. Exits 1 if a run failed.
     """
 
     async def go(engine: AsyncEngine) -> VerifyReport:
@@ -390,6 +400,7 @@ def verify_cmd(
             target,
             times=times,
             endpoint=endpoint,
+            samples=samples,
             concurrency=concurrency,
             handle_signals=True,
         )

@@ -129,3 +129,33 @@ def test_samples_and_params_n_together_and_bad_flags_are_refused(
         assert code == 2 and "Invalid value for '--samples': 0 is not in the range" in err
     assert sql(db_url, "SELECT count(*) FROM rounds") == [(1,)]
     assert sql(db_url, "SELECT count(*) FROM schedules") == [(0,)]
+
+
+def test_verify_with_samples_reports_distinct_samples_and_an_ignored_n(
+    db_url: str, tmp_path: Path
+) -> None:
+    with fake_server() as server:  # one choice whatever n says, like llama.cpp's server
+        write_config(tmp_path, remote("fake", server.base_url))
+        path = yaml_job(tmp_path, 2)
+        assert invoke(db_url, "run", "--endpoint", "fake", str(path))[0] == 0
+        code, _, err = invoke(db_url, "verify", str(path), "--samples", "3")
+        assert code == 2
+        assert err.strip() == (
+            f"error: --samples applies to a batch: write samples: 3 in {path}, "
+            "or verify the submitted batch with --samples"
+        )
+        assert sql(db_url, "SELECT count(*) FROM rounds") == [(1,)]
+        code, out, err = invoke(db_url, "verify", "t", "-k", "2", "--samples", "3")
+        assert code == 0, err
+        assert "distinct samples" in out and "n honoured" in out
+        code, out, err = invoke(
+            db_url, "verify", "t", "-k", "2", "--samples", "3", "--format", "json"
+        )
+        assert code == 0, err
+    jobs = json.loads(out)["jobs"]
+    assert len(jobs) == 2
+    for job in jobs:
+        # The fake server echoes the prompt and seed: the same text every time.
+        assert (job["samples"], job["distinct_samples"], job["n_honoured"]) == (6, 1, False)
+        assert job["diverges_at"] is None
+    assert sql(db_url, "SELECT DISTINCT samples FROM rounds WHERE number > 1") == [(3,)]
