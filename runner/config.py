@@ -23,6 +23,11 @@ CONFIG_FILE_NAME = "runner.toml"
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 EndpointType = Literal["openai", "local"]
+Via = Literal["sync", "batch"]
+VIA_VALUES = ("sync", "batch")
+# The OpenAI Batch API's limits per input file.
+BATCH_MAX_REQUESTS = 50_000
+BATCH_MAX_BYTES = 200 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,14 @@ class EndpointConfig:
     max_concurrency: int | None = None
     # Models with limits of their own (OpenAI limits each model separately).
     models: Mapping[str, ModelLimits] = field(default_factory=dict)
+    # How rounds for it travel unless --via says otherwise: one request per try ("sync")
+    # or in provider batches ("batch", runner.work.batches), split at these limits per
+    # input file; a line that errored or expired goes again in a later provider batch
+    # ("batch") or synchronously ("sync").
+    mode: Via = "sync"
+    batch_max_requests: int = BATCH_MAX_REQUESTS
+    batch_max_bytes: int = BATCH_MAX_BYTES
+    batch_retry: Via = "batch"
 
     def missing_key(self, env: Mapping[str, str] | None = None) -> str | None:
         """Why requests cannot be sent from here: the variable meant to hold the key is
@@ -109,9 +122,19 @@ class Price:
 
     input: float
     output: float
+    # Through the Batch API (None: half the synchronous price, as OpenAI charges).
+    batch_input: float | None = None
+    batch_output: float | None = None
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input + completion_tokens * self.output) / 1_000_000
+
+    def batch(self) -> Price:
+        """The prices of a request sent in a provider batch."""
+        return Price(
+            input=self.input / 2 if self.batch_input is None else self.batch_input,
+            output=self.output / 2 if self.batch_output is None else self.batch_output,
+        )
 
 
 @dataclass(frozen=True)
@@ -199,7 +222,18 @@ ENDPOINT_KEYS = {
     "tpm",
     "max_concurrency",
     "models",
+    "mode",
+    "batch_max_requests",
+    "batch_max_bytes",
+    "batch_retry",
 }
+
+
+def parse_via(value: Any, where: str) -> Via:
+    """``sync`` or ``batch``; anything else is a one-line error naming ``where``."""
+    if value not in VIA_VALUES:
+        raise ConfigError(f"{where}: must be 'sync' or 'batch', got {value!r}")
+    return "batch" if value == "batch" else "sync"
 
 
 def _parse_models(raw: Any, where: str) -> dict[str, ModelLimits]:
@@ -238,9 +272,12 @@ def _parse_endpoint(name: str, raw: Any, where: str, base: EndpointConfig | None
             values[key] = raw[key]
     if "timeout" in raw:
         values["timeout"] = float(_number(raw["timeout"], f"{where}.timeout", minimum=0.001))
-    for key in ("rpm", "tpm", "max_concurrency"):
+    for key in ("rpm", "tpm", "max_concurrency", "batch_max_requests", "batch_max_bytes"):
         if key in raw:
             values[key] = _number(raw[key], f"{where}.{key}", minimum=1, integer=True)
+    for key in ("mode", "batch_retry"):
+        if key in raw:
+            values[key] = parse_via(raw[key], f"{where}.{key}")
     if "models" in raw:
         values["models"] = _parse_models(raw["models"], f"{where}.models")
     values.update(_parse_local_noise(raw, etype, where))
@@ -367,12 +404,18 @@ def _parse_prices(raw: Mapping[str, Any], where: str) -> dict[str, Price]:
         at = f"{where}.{model}"
         if not isinstance(entry, Mapping):
             raise ConfigError(f"{at}: must be a table with input and output (USD per 1M tokens)")
-        _check_keys(entry, {"input", "output"}, at)
+        _check_keys(entry, {"input", "output", "batch_input", "batch_output"}, at)
         missing = {"input", "output"} - set(entry)
         if missing:
             raise ConfigError(f"{at}: missing {', '.join(sorted(missing))} (USD per 1M tokens)")
+        batch = {
+            key: float(_number(entry[key], f"{at}.{key}", minimum=0))
+            for key in ("batch_input", "batch_output")
+            if key in entry
+        }
         prices[str(model)] = Price(
             input=float(_number(entry["input"], f"{at}.input", minimum=0)),
             output=float(_number(entry["output"], f"{at}.output", minimum=0)),
+            **batch,
         )
     return prices

@@ -56,6 +56,27 @@ class AttemptOutcome(enum.StrEnum):
     DISCARDED = "discarded"
 
 
+class Via(enum.StrEnum):
+    """How a round's requests travel. Values are stored as text (``rounds.via``)."""
+
+    SYNC = "sync"  # one HTTP request per try, answered at once
+    BATCH = "batch"  # in provider batches (the OpenAI Batch API), answered within hours
+
+
+class ProviderBatchState(enum.StrEnum):
+    """Where a chunk of runs sent through the Batch API is, on our side.
+
+    Each step is recorded before the next one that could be lost, so a worker that
+    takes a chunk over knows what was already done at the provider.
+    """
+
+    PREPARING = "preparing"  # the chunk and its runs are written; its input is not uploaded
+    UPLOADED = "uploaded"  # input_file_id recorded; the provider batch may not exist yet
+    SUBMITTED = "submitted"  # provider_batch_id recorded: polled until it ends
+    STORING = "storing"  # it ended at the provider: its output and error lines being stored
+    DONE = "done"  # every line stored, every run without one queued again
+
+
 class RoundTrigger(enum.StrEnum):
     """Why a round exists."""
 
@@ -133,6 +154,8 @@ class Round(Base):
     # a schedule sets this to NULL itself (queue.delete_schedule).
     schedule_id: Mapped[int | None] = mapped_column(ForeignKey("schedules.id"))
     scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # How its requests travel: "sync" or "batch" (provider batches, runner.work.batches).
+    via: Mapped[str] = mapped_column(String(10), default="sync", server_default="sync")
 
 
 class Run(Base):
@@ -187,6 +210,9 @@ class Run(Base):
     # ``--reuse``: the id of the run whose stored result this run copied instead of sending
     # a request. Not a foreign key: adding one would make SQLite copy the whole table.
     reused_from_run_id: Mapped[int | None] = mapped_column(BigId)
+    # A run of a batch round sent synchronously instead ("sync": a line of its provider
+    # batch errored or expired, and its endpoint's batch_retry is "sync"). NULL: the round's.
+    via: Mapped[str | None] = mapped_column(String(10))
 
 
 class Attempt(Base):
@@ -339,6 +365,8 @@ class Schedule(Base):
     samples: Mapped[int | None] = mapped_column(Integer)
     # Significance level of its drift reports' distribution test (NULL: 0.05).
     alpha: Mapped[float | None] = mapped_column(Float)
+    # How its rounds' requests travel ("sync", "batch"; NULL: the endpoint's mode at the tick).
+    via: Mapped[str | None] = mapped_column(String(10))
 
 
 class DriftStatus(enum.StrEnum):
@@ -420,4 +448,54 @@ class ModelPrice(Base):
     model: Mapped[str] = mapped_column(String(200), primary_key=True)
     input_per_1m: Mapped[float] = mapped_column(Float)
     output_per_1m: Mapped[float] = mapped_column(Float)
+    # Through the Batch API (NULL: half the synchronous price, as OpenAI charges).
+    batch_input_per_1m: Mapped[float | None] = mapped_column(Float)
+    batch_output_per_1m: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ProviderBatch(Base):
+    """A chunk of a round's runs sent as one provider batch (the OpenAI Batch API).
+
+    Its runs are ``running`` with ``lease_owner`` = ``batch:ID`` (no lease expiry: the
+    chunk's own lease, below, is the one a worker renews) until their lines are stored.
+    """
+
+    __tablename__ = "provider_batches"
+    __table_args__ = (
+        CheckConstraint(
+            _states_check("state", ProviderBatchState), name="ck_provider_batches_state"
+        ),
+        Index("ix_provider_batches_claim", "state", "lease_expires_at"),
+        Index("ix_provider_batches_round", "round_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    endpoint: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(20))
+    # The worker advancing it and until when (renewed; past it any worker takes it over).
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The input file: lines (runs) and bytes, and the provider's file id once uploaded.
+    request_count: Mapped[int] = mapped_column(Integer)
+    input_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    input_file_id: Mapped[str | None] = mapped_column(String(200))
+    uploaded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The provider batch: its id, its last seen status and request counts.
+    provider_batch_id: Mapped[str | None] = mapped_column(String(200))
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    provider_state: Mapped[str | None] = mapped_column(String(30))
+    completed_count: Mapped[int | None] = mapped_column(Integer)
+    failed_count: Mapped[int | None] = mapped_column(Integer)
+    polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    output_file_id: Mapped[str | None] = mapped_column(String(200))
+    error_file_id: Mapped[str | None] = mapped_column(String(200))
+    # What the provider said when the batch failed (validation errors), as JSON text.
+    errors: Mapped[str | None] = mapped_column(Text)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Lines stored as attempts, and runs queued again (no line: expired, cancelled, lost).
+    stored_count: Mapped[int | None] = mapped_column(Integer)
+    requeued_count: Mapped[int | None] = mapped_column(Integer)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

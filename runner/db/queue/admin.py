@@ -110,12 +110,21 @@ async def store_prices(engine: AsyncEngine, prices: Mapping[str, Price], now: da
         return
     async with engine.begin() as conn:
         stored = {
-            row.model: (row.input_per_1m, row.output_per_1m)
+            row.model: (
+                row.input_per_1m,
+                row.output_per_1m,
+                row.batch_input_per_1m,
+                row.batch_output_per_1m,
+            )
             for row in await conn.execute(
                 select(ModelPrice).where(ModelPrice.model.in_(list(prices)))
             )
         }
-        changed = [m for m, p in prices.items() if stored.get(m) != (p.input, p.output)]
+        changed = [
+            m
+            for m, p in prices.items()
+            if stored.get(m) != (p.input, p.output, p.batch_input, p.batch_output)
+        ]
         if not changed:
             return
         await conn.execute(delete(ModelPrice).where(ModelPrice.model.in_(changed)))
@@ -126,6 +135,8 @@ async def store_prices(engine: AsyncEngine, prices: Mapping[str, Price], now: da
                     "model": m,
                     "input_per_1m": prices[m].input,
                     "output_per_1m": prices[m].output,
+                    "batch_input_per_1m": prices[m].batch_input,
+                    "batch_output_per_1m": prices[m].batch_output,
                     "updated_at": now,
                 }
                 for m in changed
