@@ -100,6 +100,8 @@ class WorkerConfig:
     backoff_max_seconds: float = 60.0
     # How often a worker looks for due schedule ticks and finished scheduled rounds.
     schedule_seconds: float = 10.0
+    # The longest wait between two polls of a provider batch (runner.work.batches).
+    batch_poll_seconds: float = 60.0
     # How long a worker waits for an unreachable database (holding its results) before
     # it stops (runner.db.outage).
     database_outage_seconds: float = 600.0
@@ -236,6 +238,13 @@ def parse_via(value: Any, where: str) -> Via:
     return "batch" if value == "batch" else "sync"
 
 
+def _parse_modes(raw: Mapping[str, Any], where: str) -> dict[str, Via]:
+    """``mode`` and ``batch_retry``: how requests travel, and how failed lines go again."""
+    return {
+        key: parse_via(raw[key], f"{where}.{key}") for key in ("mode", "batch_retry") if key in raw
+    }
+
+
 def _parse_models(raw: Any, where: str) -> dict[str, ModelLimits]:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: must be a table of models")
@@ -275,9 +284,7 @@ def _parse_endpoint(name: str, raw: Any, where: str, base: EndpointConfig | None
     for key in ("rpm", "tpm", "max_concurrency", "batch_max_requests", "batch_max_bytes"):
         if key in raw:
             values[key] = _number(raw[key], f"{where}.{key}", minimum=1, integer=True)
-    for key in ("mode", "batch_retry"):
-        if key in raw:
-            values[key] = parse_via(raw[key], f"{where}.{key}")
+    values.update(_parse_modes(raw, where))
     if "models" in raw:
         values["models"] = _parse_models(raw["models"], f"{where}.models")
     values.update(_parse_local_noise(raw, etype, where))

@@ -135,7 +135,7 @@ async def _new_batch(conn: AsyncConnection, job_file: JobFile, now: datetime) ->
 
 
 async def _insert_at_once(
-    engine: AsyncEngine, job_file: JobFile, max_attempts: int, now: datetime
+    engine: AsyncEngine, job_file: JobFile, max_attempts: int, now: datetime, via: str
 ) -> Submitted:
     """PostgreSQL: the whole submit in one transaction."""
     async with engine.begin() as conn:
@@ -146,19 +146,23 @@ async def _insert_at_once(
         await queue.complete_batch(
             conn, batch_id, job_count=count, source_sha256=job_file.sha256, now=utcnow()
         )
-        round_id, number = await queue.create_round(conn, batch_id, RoundTrigger.SUBMIT, now)
+        round_id, number = await queue.create_round(
+            conn, batch_id, RoundTrigger.SUBMIT, now, via=via
+        )
         await queue.enqueue_round(conn, round_id, batch_id, max_attempts=max_attempts, now=now)
     return Submitted(batch_id, job_file.name, count, round_id, number, schedule)
 
 
 async def _insert_in_chunks(
-    engine: AsyncEngine, job_file: JobFile, max_attempts: int, now: datetime
+    engine: AsyncEngine, job_file: JobFile, max_attempts: int, now: datetime, via: str
 ) -> Submitted:
     """SQLite: a pending batch written in short transactions, then completed (see the
     module's docstring); deleted again if anything fails."""
     async with engine.begin() as conn:
         batch_id = await _new_batch(conn, job_file, now)
-        round_id, number = await queue.create_round(conn, batch_id, RoundTrigger.SUBMIT, now)
+        round_id, number = await queue.create_round(
+            conn, batch_id, RoundTrigger.SUBMIT, now, via=via
+        )
     try:
         count = 0
         jobs = job_file.jobs()
@@ -217,6 +221,7 @@ async def submit(
     again: bool = False,
     require_key: bool = False,
     max_jobs: int | None = None,
+    via: str | None = None,
 ) -> Submitted:
     """Validate and store a job file as a batch with its first round of queued runs.
 
@@ -224,12 +229,14 @@ async def submit(
     instead (see the module's docstring). ``require_key``: refuse (before writing
     anything) if the endpoint's API key is not in this environment, for a caller that
     sends the requests itself (`runner run`). ``max_jobs``: the most jobs the file may
-    give [default: the settings' ``submit.max_jobs``].
+    give [default: the settings' ``submit.max_jobs``]. ``via``: how the round's requests
+    travel (``sync``, ``batch``) [default: the endpoint's ``mode``].
     """
     max_jobs = max_jobs or settings.submit.max_jobs
     job_file = load_job_file(path, endpoint=endpoint, name=name, max_jobs=max_jobs)
     # Unknown endpoint, or a key we need now and lack: fail before writing anything.
-    missing_key = _endpoint(job_file, settings, endpoint).missing_key()
+    target = _endpoint(job_file, settings, endpoint)
+    missing_key = target.missing_key()
     if missing_key and require_key:
         raise ConfigError(missing_key)
     if not again and (found := await _already_submitted(engine, job_file, path)):
@@ -238,7 +245,9 @@ async def submit(
     max_attempts = job_file.max_attempts or settings.worker.max_attempts
     insert = _insert_at_once if engine.dialect.name == "postgresql" else _insert_in_chunks
     try:
-        submitted = await insert(engine, job_file, max_attempts, now or utcnow())
+        submitted = await insert(
+            engine, job_file, max_attempts, now or utcnow(), via or target.mode
+        )
     except IntegrityError:
         # The only unique key a submit can break is (batch, key): find the line to blame.
         duplicate = find_duplicate(load_job_file(path, endpoint=endpoint, name=name).jobs())

@@ -205,6 +205,17 @@ _concurrency = click.option(
 )
 
 
+_via = click.option(
+    "--via",
+    type=click.Choice(["sync", "batch"]),
+    default=None,
+    show_envvar=True,
+    help="How the round's requests travel: sync (one request per try) or batch (provider "
+    "batches through the OpenAI Batch API, at the batch price; `runner work` sends them) "
+    "[default: the endpoint's mode in runner.toml, else sync]",
+)
+
+
 def _terminal() -> tuple[bool, int]:
     """Colour and width for tables: a terminal's, else plain text 120 columns wide."""
     color = sys.stdout.isatty()

@@ -15,7 +15,7 @@ from click.core import ParameterSource
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner import output
-from runner.cli.base import Context, _clock, _concurrency, _format, main, pass_context
+from runner.cli.base import Context, _clock, _concurrency, _format, _via, main, pass_context
 from runner.db import queue
 from runner.db.engine import safe_url
 from runner.db.models import RunState
@@ -91,6 +91,7 @@ def _echo_submitted(sub: Submitted) -> None:
 
 @main.command("submit")
 @_job_file_options
+@_via
 @pass_context
 def submit_cmd(
     obj: Context,
@@ -99,6 +100,7 @@ def submit_cmd(
     name: str | None,
     again: bool,
     max_jobs: int | None,
+    via: str | None,
 ) -> None:
     """Validate JOB_FILE and queue it as a new batch (all of it or nothing).
 
@@ -116,6 +118,7 @@ def submit_cmd(
             name=name,
             again=again,
             max_jobs=max_jobs,
+            via=via,
         ),
         create=True,
     )
@@ -212,6 +215,7 @@ def work_cmd(
 @main.command("run")
 @_job_file_options
 @_concurrency
+@_via
 @click.option(
     "--reuse",
     is_flag=True,
@@ -229,6 +233,7 @@ def run_cmd(
     again: bool,
     max_jobs: int | None,
     concurrency: int | None,
+    via: str | None,
     reuse: bool,
     quiet: bool,
     progress_interval: float | None,
@@ -251,6 +256,7 @@ def run_cmd(
             again=again,
             require_key=True,
             max_jobs=max_jobs,
+            via=via,
         )
         if sub.resumed is None:
             _echo_submitted(sub)

@@ -18,7 +18,7 @@ import email.utils
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -129,16 +129,32 @@ def _kept_body(http: httpx2.Response, redact: Redactor) -> str | None:
 
 
 def _status_error(exc: openai.APIStatusError, redact: Redactor) -> EndpointError:
-    status = exc.status_code
-    body: Any = exc.body  # the SDK's: the JSON body's "error" member, or the body itself
+    return status_error(
+        exc.status_code,
+        exc.body,
+        exc.response.headers,
+        kept=_kept_body(exc.response, redact),
+        redact=redact,
+    )
+
+
+def status_error(
+    status: int,
+    body: Any,
+    headers: Mapping[str, str],
+    *,
+    kept: str | None,
+    redact: Callable[[str], str],
+) -> EndpointError:
+    """An HTTP error as ours: ``body`` is the SDK's (the JSON body's ``error`` member, or
+    the body itself), ``kept`` the body as the server sent it. Also a provider batch's
+    error line (``runner.endpoints.batch``), classified the same way."""
     detail = body if isinstance(body, dict) else {}
     code, etype = detail.get("code"), detail.get("type")
     code = code if isinstance(code, (str, int)) else None
     etype = etype if isinstance(etype, str) else None
     message = _error_text(body) or f"HTTP {status} with an empty body"
     text = redact(message[:2000])
-    headers = exc.response.headers
-    kept = _kept_body(exc.response, redact)
     # Everything a server wrote is redacted: some echo the key in a code or a header too.
     request_id = redact(headers.get("x-request-id") or "") or None
     if status == 429 and "insufficient_quota" in (code, etype):
@@ -187,9 +203,13 @@ def _choices(data: Any) -> list[dict[str, Any]]:
 
 
 def _completion(http: httpx2.Response) -> Completion:
+    """Read what we store from a chat completion response."""
+    return completion_from(http.text, http.status_code, http.headers)
+
+
+def completion_from(text: str, status: int, headers: Mapping[str, str]) -> Completion:
     """Read what we store from a chat completion body, leniently as the SDK does:
     only the shape we rely on is checked (servers differ in the optional fields)."""
-    text = http.text
     try:
         data = json.loads(text)
         choices = _choices(data)
@@ -198,10 +218,10 @@ def _completion(http: httpx2.Response) -> Completion:
             ErrorKind.RETRYABLE,
             "invalid_response",
             f"the endpoint returned a body that is not a chat completion: {exc}"[:500],
-            status=http.status_code,
-            rate_limits=RateLimitInfo.from_headers(http.headers),
+            status=status,
+            rate_limits=RateLimitInfo.from_headers(headers),
             body=text[:ERROR_BODY_LIMIT] or None,
-            request_id=http.headers.get("x-request-id") or None,
+            request_id=headers.get("x-request-id") or None,
         ) from exc
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     model, fingerprint, ident = data.get("model"), data.get("system_fingerprint"), data.get("id")
@@ -211,12 +231,12 @@ def _completion(http: httpx2.Response) -> Completion:
         finish_reason=choices[0].get("finish_reason"),
         model=model if isinstance(model, str) else None,
         system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
-        request_id=http.headers.get("x-request-id") or (ident if isinstance(ident, str) else None),
+        request_id=headers.get("x-request-id") or (ident if isinstance(ident, str) else None),
         prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
         completion_tokens=_int_or_none(usage.get("completion_tokens")),
         total_tokens=_int_or_none(usage.get("total_tokens")),
-        http_status=http.status_code,
-        rate_limits=RateLimitInfo.from_headers(http.headers),
+        http_status=status,
+        rate_limits=RateLimitInfo.from_headers(headers),
     )
 
 
@@ -312,6 +332,15 @@ class EndpointClient:
             exc.request_id = self._redact.optional(exc.request_id)
             raise
         return self._redact.completion(completion)
+
+    @property
+    def sdk(self) -> openai.AsyncOpenAI:
+        """The SDK client itself, for the Batch API (``runner.endpoints.batch``)."""
+        return self._client
+
+    @property
+    def redact(self) -> Redactor:
+        return self._redact
 
     async def aclose(self) -> None:
         await self._client.close()

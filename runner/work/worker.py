@@ -12,6 +12,7 @@ Tasks inside one worker:
 * on SQLite, the checkpointer: copies the WAL into the database every second from
   aiosqlite's thread (claims and stores run inline, see ``InlineSQLite``, and never do);
 * the scheduler (``runner.scheduling.schedule``) on a general worker: schedule ticks, drift reports;
+* the batch executor (``runner.work.batches``): batch rounds sent as provider batches;
 * the signal watcher (CLI only): first SIGINT/SIGTERM stops gracefully, second at once.
 
 Every database step goes through one ``Outage``: when the database goes away (a restart,
@@ -52,6 +53,7 @@ from runner.endpoints.client import EndpointPool
 from runner.logs import run_context
 from runner.ratelimit import Limits
 from runner.scheduling.schedule import run_pass, scheduler_loop
+from runner.work.batches import BatchExecutor
 from runner.work.stats import WorkerStats
 from runner.work.tries import Tries
 from runner.work.waiting import stranded_text, wait_limit, waiting_text
@@ -130,6 +132,7 @@ class Worker:
         # Claims and stores, the statements of every run: on SQLite, inline on this thread.
         self._hot: QueueEngine = engine
         self._writer: Writer | None = None
+        self.batches: BatchExecutor | None = None  # the provider batch side task, once started
 
     def clock(self) -> datetime:
         """Now, on the database's clock (plus a ``--now`` shift)."""
@@ -249,6 +252,18 @@ class Worker:
                 async with anyio.create_task_group() as loops:
                     loops.start_soon(writer.run)
                     loops.start_soon(self._heartbeat_loop)
+                    self.batches = BatchExecutor(
+                        self.engine,
+                        self.settings,
+                        owner=self.id,
+                        clock=self.clock,
+                        db=self._db,
+                        stats=self.stats,
+                        pool=pool,
+                        round_ids=self.round_ids,
+                        stop=self._loops_stop,
+                    )
+                    loops.start_soon(self.batches.run)
                     if inline is not None:
                         loops.start_soon(self._checkpoint_loop)
                     if self.scheduler:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Connection,
     exists,
     func,
+    or_,
     select,
     true,
 )
@@ -25,6 +26,7 @@ from runner.db.models import (
     Job,
     Round,
     Run,
+    Via,
 )
 from runner.hashing import canonical_json
 
@@ -66,6 +68,13 @@ def visible_runs() -> Any:
     pending batch's runs are neither claimed nor waited for."""
     pending = select(Round.id).join(Batch, Batch.id == Round.batch_id)
     return Run.round_id.not_in(pending.where(Batch.pending_until.is_not(None)))
+
+
+def sync_runs() -> Any:
+    """Runs sent one request per try: not of a ``batch`` round (``runner.work.batches``
+    sends those), unless the run itself was sent back to go synchronously."""
+    batch_rounds = select(Round.id).where(Round.via == Via.BATCH.value)
+    return or_(Run.via == Via.SYNC.value, Run.round_id.not_in(batch_rounds))
 
 
 def _not_for(endpoints: Sequence[str] | BindParameter[Any]) -> Any:

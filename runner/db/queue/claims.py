@@ -37,6 +37,7 @@ from runner.db.queue._common import (
     _retry_deadlock,
     _transaction,
     sent_request,
+    sync_runs,
     visible_runs,
 )
 from runner.db.types import UTCDateTime
@@ -138,6 +139,7 @@ def _claim_statements(in_rounds: bool, excluding: bool) -> _ClaimStatements:
         Run.state == RunState.QUEUED.value,
         Run.available_at <= _NOW,
         scope,
+        sync_runs(),
         order=(Run.available_at, Run.id),
     )
     take_queued = (

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     and_,
     bindparam,
+    func,
     insert,
     select,
     update,
@@ -73,6 +74,8 @@ class Outcome:
     error_type: str | None = None
     error_message: str | None = None
     error_body: str | None = None  # the error response's body as the server sent it
+    # A run of a batch round queued again to go synchronously ("sync": ``runs.via``).
+    via: str | None = None
 
 
 def _fence() -> Any:
@@ -111,6 +114,7 @@ def _outcome_params(owner: str, o: Outcome) -> dict[str, Any]:
         "b_error_status": None if success else o.http_status,
         "b_error_message": o.error_message,
         "b_error_body": o.error_body,
+        "b_via": o.via,
         **{f"b_{c}": getattr(o, c) for c in _SUCCESS_COLUMNS},
     }
 
@@ -133,6 +137,7 @@ def _store_statement() -> Any:
             error_status=bindparam("b_error_status"),
             error_message=bindparam("b_error_message"),
             error_body=bindparam("b_error_body"),
+            via=func.coalesce(bindparam("b_via"), Run.via),
             **{c: bindparam(f"b_{c}") for c in _SUCCESS_COLUMNS},
         )
     )

@@ -246,16 +246,22 @@ async def discard_stale_batches(engine: AsyncEngine, now: datetime) -> list[int]
 
 
 async def create_round(
-    conn: AsyncConnection, batch_id: int, trigger: RoundTrigger, now: datetime
+    conn: AsyncConnection,
+    batch_id: int,
+    trigger: RoundTrigger,
+    now: datetime,
+    *,
+    via: str = "sync",
 ) -> tuple[int, int]:
-    """A new round numbered after the batch's last one; returns (round id, number)."""
+    """A new round numbered after the batch's last one, its requests travelling ``via``
+    (``rounds.via``); returns (round id, number)."""
     last = await conn.scalar(
         select(func.coalesce(func.max(Round.number), 0)).where(Round.batch_id == batch_id)
     )
     number = int(last or 0) + 1
     result = await conn.execute(
         insert(Round)
-        .values(batch_id=batch_id, number=number, trigger=trigger.value, created_at=now)
+        .values(batch_id=batch_id, number=number, trigger=trigger.value, created_at=now, via=via)
         .returning(Round.id)
     )
     return int(result.scalar_one()), number

@@ -1,0 +1,536 @@
+"""The Batch API executor: a side task of ``runner work`` that sends batch rounds in
+provider batches and stores their lines as attempts.
+
+A chunk (``provider_batches``) goes through its states one step at a time, each step
+recorded before the next one that could be lost (``runner.db.queue.batches``):
+
+``preparing``  its runs are claimed: write the input file (``lines``), leave out what
+               passes ``batch_max_bytes``, upload it (``client.files.create``);
+``uploaded``   its file id is recorded: create the provider batch
+               (``client.batches.create``, metadata ``runner_round``/``runner_chunk``),
+               unless one already names this chunk or file (a worker died between
+               creating it and recording its id: ``client.batches.list`` finds it);
+``submitted``  its batch id is recorded: poll it, with backoff, until it ends; a chunk
+               whose runs were all cancelled has its provider batch cancelled;
+``storing``    it ended: stream its output and error files and store each line as an
+               attempt (fenced on the chunk's runs, so a result of a run cancelled
+               meanwhile is never stored, and a store repeated after a crash keeps
+               nothing twice); runs with no line go back to the queue;
+``done``.
+
+A worker killed anywhere leaves the chunk leased until its lease runs out; then any
+worker takes it over at the state it was left in. A custom_id names a run and an
+attempt, and a run goes in a new chunk only with a new attempt: no line is sent twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from runner.config import EndpointConfig, Settings
+from runner.db.models import ProviderBatchState, Via
+from runner.db.queue import Outcome, record
+from runner.db.queue import batches as chunks
+from runner.db.queue.batches import Chunk
+from runner.endpoints import EndpointError, ErrorKind
+from runner.endpoints.batch import BatchAPI, ProviderBatch, line_result
+from runner.endpoints.client import EndpointPool
+from runner.work.batches.lines import Held, Turnaround, failure, success, write_input
+from runner.work.stats import WorkerStats
+
+T = TypeVar("T")
+# The worker's database step: tried again through an outage, each try shielded.
+Step = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+log = logging.getLogger("runner.worker")
+
+STORE_LINES = 500  # result lines stored per transaction
+FIRST_POLL_SECONDS = 0.2  # a new provider batch is polled after this, then less often
+POLL_GROWTH = 1.5
+ERROR_PAUSE_SECONDS = 5.0  # a provider call that failed (retryably) is tried again after this
+# A testing aid (tests/integration/test_batch_crash.py): the worker kills itself with
+# SIGKILL at this point of a chunk, to test that another worker takes it over.
+KILL_AT_ENV = "RUNNER_TEST_BATCH_KILL_AT"
+
+
+def _kill_point(point: str) -> None:
+    wanted = os.environ.get(KILL_AT_ENV, "")
+    if wanted.split(":")[0] == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _store_lines() -> int:
+    """Lines stored per transaction (the kill point ``mid-store:N`` makes it N)."""
+    wanted = os.environ.get(KILL_AT_ENV, "")
+    if wanted.startswith("mid-store:") and wanted.split(":")[1].isdigit():
+        return max(1, int(wanted.split(":")[1]))
+    return STORE_LINES
+
+
+class BatchExecutor:
+    """Advances provider batches for one worker (see the module doc)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        *,
+        owner: str,
+        clock: Callable[[], datetime],
+        db: Step,
+        stats: WorkerStats,
+        pool: EndpointPool,
+        round_ids: Sequence[int] | None,
+        stop: anyio.Event,
+    ) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.config = settings.worker
+        self.owner = owner
+        self.clock = clock
+        self._db = db
+        self.stats = stats
+        self.pool = pool
+        self.round_ids = round_ids
+        self._stop = stop
+        self._lease = timedelta(seconds=self.config.lease_seconds)
+        self._held: dict[int, Chunk] = {}
+        self._due: dict[int, float] = {}  # chunk id -> anyio time of its next step
+        self._wait: dict[int, float] = {}  # chunk id -> its current poll interval
+        self._last_renewal = anyio.current_time()
+        self._tmp = Path(tempfile.gettempdir())
+
+    # ------------------------------------------------------------ the loop
+
+    @property
+    def held(self) -> int:
+        """Provider batches this worker advances now."""
+        return len(self._held)
+
+    async def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                await self._renew()
+                await self._take_over()
+                await self._claim_new()
+                await self._advance_due()
+                await self._sleep(self._next_wake())
+        finally:
+            with anyio.CancelScope(shield=True):
+                ids = list(self._held)
+                if ids:
+                    with anyio.move_on_after(10):
+                        await chunks.release_chunks(self.engine, self.owner, ids, self.clock())
+
+    def _next_wake(self) -> float:
+        now = anyio.current_time()
+        soonest = min(self._due.values(), default=now + self.config.poll_seconds * 2)
+        return max(0.0, min(soonest - now, self.config.poll_seconds * 2))
+
+    async def _sleep(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await self._stop.wait()
+
+    async def _step(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        result: T = await self._db(what, fn)
+        return result
+
+    async def _renew(self) -> None:
+        if anyio.current_time() - self._last_renewal < self.config.heartbeat_seconds * 0.5:
+            return
+        self._last_renewal = anyio.current_time()
+        ids = list(self._held)
+        kept = await self._step(
+            "renewing provider batch leases",
+            lambda: chunks.renew_chunks(
+                self.engine, self.owner, ids, now=self.clock(), lease=self._lease
+            ),
+        )
+        for chunk_id in ids:
+            if chunk_id not in kept:
+                self._forget(chunk_id)
+
+    async def _take_over(self) -> None:
+        found = await self._step(
+            "taking over provider batches",
+            lambda: chunks.take_over_chunks(
+                self.engine,
+                self.owner,
+                now=self.clock(),
+                lease=self._lease,
+                round_ids=self.round_ids,
+            ),
+        )
+        for chunk in found:
+            if chunk.id not in self._held:
+                log.info(
+                    "worker %s: took over provider batch chunk %d (round %d, %s) left %s",
+                    self.owner,
+                    chunk.id,
+                    chunk.round_id,
+                    chunk.endpoint,
+                    chunk.state,
+                )
+            self._hold(chunk)
+
+    async def _claim_new(self) -> None:
+        while not self._stop.is_set():
+            chunk = await self._step(
+                "claiming runs for a provider batch",
+                lambda: chunks.claim_chunk(
+                    self.engine,
+                    self.owner,
+                    now=self.clock(),
+                    lease=self._lease,
+                    max_requests=lambda e: self._endpoint(e).batch_max_requests,
+                    round_ids=self.round_ids,
+                    exclude_endpoints=list(self.stats.disabled_endpoints),
+                ),
+            )
+            if chunk is None:
+                return
+            self._hold(chunk)
+            await self._advance(chunk)
+
+    def _hold(self, chunk: Chunk) -> None:
+        self._held[chunk.id] = chunk
+        self._due.setdefault(chunk.id, anyio.current_time())
+
+    def _forget(self, chunk_id: int) -> None:
+        self._held.pop(chunk_id, None)
+        self._due.pop(chunk_id, None)
+        self._wait.pop(chunk_id, None)
+
+    def _endpoint(self, name: str) -> EndpointConfig:
+        return self.settings.endpoint(name)
+
+    async def _advance_due(self) -> None:
+        now = anyio.current_time()
+        for chunk_id, due in sorted(self._due.items(), key=lambda item: item[1]):
+            if self._stop.is_set():
+                return
+            if due <= now and chunk_id in self._held:
+                await self._advance(self._held[chunk_id])
+
+    async def _advance(self, chunk: Chunk) -> None:
+        """Steps of one chunk until it must wait (for the provider, or after an error)."""
+        api = BatchAPI(self.pool.get(chunk.endpoint))
+        try:
+            while chunk.id in self._held and not self._stop.is_set():
+                moved = await self._one_step(api, self._held[chunk.id])
+                if not moved:
+                    return
+        except EndpointError as exc:
+            if exc.kind is ErrorKind.PERMANENT and chunk.state != ProviderBatchState.STORING:
+                await self._give_up(self._held.get(chunk.id, chunk), exc)
+                return
+            log.warning(
+                "provider batch chunk %d (%s): %s: %s; trying again in %g s",
+                chunk.id,
+                chunk.endpoint,
+                exc.error_type,
+                exc.message,
+                ERROR_PAUSE_SECONDS,
+            )
+            self._due[chunk.id] = anyio.current_time() + ERROR_PAUSE_SECONDS
+
+    async def _one_step(self, api: BatchAPI, chunk: Chunk) -> bool:
+        """One step; True if the chunk moved on (its next step may follow at once)."""
+        state = ProviderBatchState(chunk.state)
+        if state is ProviderBatchState.PREPARING:
+            return await self._prepare(api, chunk)
+        if state is ProviderBatchState.UPLOADED:
+            return await self._create(api, chunk)
+        if state is ProviderBatchState.SUBMITTED:
+            return await self._poll(api, chunk)
+        if state is ProviderBatchState.STORING:
+            await self._store(api, chunk)
+            return False
+        self._forget(chunk.id)
+        return False
+
+    async def _moved(self, chunk: Chunk, expect: ProviderBatchState, **values: object) -> bool:
+        """Record a step; a chunk that passed to another worker is dropped."""
+        ok = await self._step(
+            "recording a provider batch step",
+            lambda: chunks.advance_chunk(self.engine, chunk, self.owner, expect=expect, **values),
+        )
+        if not ok:
+            log.warning("provider batch chunk %d is no longer this worker's", chunk.id)
+            self._forget(chunk.id)
+            return False
+        fields: dict[str, Any] = {
+            k: v for k, v in values.items() if k in Chunk.__dataclass_fields__
+        }
+        self._held[chunk.id] = replace(chunk, **fields)
+        return True
+
+    # ------------------------------------------------------------ the steps
+
+    async def _prepare(self, api: BatchAPI, chunk: Chunk) -> bool:
+        _kill_point("before-upload")
+        endpoint = self._endpoint(chunk.endpoint)
+        path = self._tmp / f"runner-chunk-{chunk.id}-{os.getpid()}.jsonl"
+        try:
+            written = await write_input(
+                path,
+                lambda after: self._step(
+                    "reading a provider batch's runs",
+                    lambda: chunks.chunk_requests(self.engine, chunk.id, after=after),
+                ),
+                endpoint.batch_max_bytes,
+            )
+            if written.left_out:
+                ok = await self._step(
+                    "leaving runs for the next provider batch",
+                    lambda: chunks.put_back(
+                        self.engine, chunk, self.owner, written.left_out, self.clock()
+                    ),
+                )
+                if not ok:
+                    self._forget(chunk.id)
+                    return False
+            if not written.lines:  # its runs were all cancelled before it was sent
+                return await self._finish(chunk, ProviderBatchState.PREPARING, 0, 0)
+            file_id = await api.upload(path)
+        finally:
+            path.unlink(missing_ok=True)
+        _kill_point("after-upload")
+        return await self._moved(
+            chunk,
+            ProviderBatchState.PREPARING,
+            state=ProviderBatchState.UPLOADED.value,
+            input_file_id=file_id,
+            input_bytes=written.size,
+            request_count=written.lines,
+            uploaded_at=self.clock(),
+        )
+
+    def _metadata(self, chunk: Chunk) -> dict[str, str]:
+        return {"runner_round": str(chunk.round_id), "runner_chunk": str(chunk.id)}
+
+    async def _create(self, api: BatchAPI, chunk: Chunk) -> bool:
+        assert chunk.input_file_id is not None
+        # A worker may have died after creating it, before recording its id.
+        found = await api.find({"runner_chunk": str(chunk.id)}, chunk.input_file_id)
+        if found is None:
+            found = await api.create(chunk.input_file_id, self._metadata(chunk))
+            _kill_point("after-create")
+        else:
+            log.info("provider batch chunk %d: found %s, created before", chunk.id, found.id)
+        self._wait[chunk.id] = FIRST_POLL_SECONDS
+        self._due[chunk.id] = anyio.current_time() + FIRST_POLL_SECONDS
+        moved = await self._moved(
+            chunk,
+            ProviderBatchState.UPLOADED,
+            state=ProviderBatchState.SUBMITTED.value,
+            provider_batch_id=found.id,
+            provider_state=found.status,
+            submitted_at=self.clock(),
+        )
+        return moved and found.ended
+
+    async def _poll(self, api: BatchAPI, chunk: Chunk) -> bool:
+        assert chunk.provider_batch_id is not None
+        if anyio.current_time() < self._due.get(chunk.id, 0):
+            return False
+        found = await api.retrieve(chunk.provider_batch_id)
+        if not found.ended and found.status != "cancelling":
+            held = await self._step(
+                "counting a provider batch's runs",
+                lambda: chunks.held_count(self.engine, chunk.id),
+            )
+            if held == 0:  # `runner cancel`: nothing of it would be stored
+                log.info(
+                    "provider batch chunk %d: its runs were cancelled: cancelling %s",
+                    chunk.id,
+                    found.id,
+                )
+                found = await api.cancel(found.id)
+        values = self._status_values(found)
+        if found.ended:
+            return await self._moved(
+                chunk,
+                ProviderBatchState.SUBMITTED,
+                state=ProviderBatchState.STORING.value,
+                ended_at=self.clock(),
+                **values,
+            )
+        wait = self._wait.get(chunk.id, FIRST_POLL_SECONDS)
+        self._wait[chunk.id] = min(wait * POLL_GROWTH, self.config.batch_poll_seconds)
+        self._due[chunk.id] = anyio.current_time() + wait
+        await self._moved(chunk, ProviderBatchState.SUBMITTED, **values)
+        return False
+
+    def _status_values(self, found: ProviderBatch) -> dict[str, object]:
+        return {
+            "provider_state": found.status,
+            "completed_count": found.completed,
+            "failed_count": found.failed,
+            "output_file_id": found.output_file_id,
+            "error_file_id": found.error_file_id,
+            "errors": found.errors,
+            "polled_at": self.clock(),
+        }
+
+    async def _store(self, api: BatchAPI, chunk: Chunk) -> None:
+        """Every line of its output and error files as an attempt, then what is left."""
+        held = {
+            run_id: Held(attempt, max_attempts)
+            for run_id, attempt, max_attempts in await self._step(
+                "reading a provider batch's runs",
+                lambda: chunks.held_runs(self.engine, chunk.id),
+            )
+        }
+        assert chunk.submitted_at is not None and chunk.ended_at is not None
+        times = Turnaround(chunk.submitted_at, chunk.ended_at)
+        retry_via = self._endpoint(chunk.endpoint).batch_retry
+        group: list[Outcome] = []
+        stored = 0
+        size = _store_lines()
+        for file_id in (chunk.output_file_id, chunk.error_file_id):
+            if file_id is None:
+                continue
+            async for line in api.lines(file_id):
+                outcome = self._outcome(line, held, times, retry_via, api)
+                if outcome is None:
+                    continue
+                group.append(outcome)
+                if len(group) >= size:
+                    stored += await self._record(chunk, group)
+                    group = []
+                    _kill_point("mid-store")
+                _kill_point("mid-download")
+        stored += await self._record(chunk, group)
+        # Runs with no line: expired, cancelled, failed validation, or lost by the provider.
+        left = [
+            self._no_line(chunk, run_id, h, times, retry_via)
+            for run_id, h in held.items()
+            if h.attempt >= 0
+        ]
+        requeued = await self._record(chunk, left)
+        await self._finish(chunk, ProviderBatchState.STORING, stored, requeued)
+
+    def _outcome(
+        self,
+        line: str,
+        held: dict[int, Held],
+        times: Turnaround,
+        retry_via: str,
+        api: BatchAPI,
+    ) -> Outcome | None:
+        try:
+            cid, result = line_result(line, lambda text: text)
+        except ValueError as exc:
+            log.warning("a provider batch result line was not understood: %s", exc)
+            return None
+        ids = chunks.parse_custom_id(cid)
+        if ids is None or ids[0] not in held or held[ids[0]].attempt != ids[1]:
+            return None  # not a line of a run this chunk still holds (cancelled)
+        run_id = ids[0]
+        h = held[run_id]
+        held[run_id] = Held(-1, h.max_attempts)  # seen: not requeued at the end
+        if isinstance(result, EndpointError):
+            outcome = failure(run_id, h, result, times, config=self.config, retry_via=retry_via)
+            self._count(outcome)
+            return outcome
+        self.stats.succeeded += 1
+        self.stats.prompt_tokens += result.prompt_tokens or 0
+        self.stats.completion_tokens += result.completion_tokens or 0
+        return success(run_id, h, result, times)
+
+    def _no_line(
+        self, chunk: Chunk, run_id: int, h: Held, times: Turnaround, retry_via: str
+    ) -> Outcome:
+        status = self._held.get(chunk.id, chunk).provider_state or "ended"
+        errors = self._held.get(chunk.id, chunk).errors
+        why = {
+            "expired": "its provider batch expired before this line was executed",
+            "cancelled": "its provider batch was cancelled before this line was executed",
+            "failed": f"its provider batch failed: {errors or 'no reason given'}",
+        }.get(status, f"its provider batch ended ({status}) without a line for it")
+        exc = EndpointError(ErrorKind.RETRYABLE, f"batch_{status}", why)
+        outcome = failure(run_id, h, exc, times, config=self.config, retry_via=retry_via)
+        self._count(outcome)
+        return outcome
+
+    def _count(self, outcome: Outcome) -> None:
+        if outcome.outcome == "retry":
+            self.stats.retried += 1
+        else:
+            self.stats.failed += 1
+
+    async def _record(self, chunk: Chunk, outcomes: list[Outcome]) -> int:
+        if not outcomes:
+            return 0
+        discarded = await self._step(
+            "storing provider batch lines",
+            lambda: record(self.engine, chunk.owner, outcomes, again=True),
+        )
+        for outcome in discarded:
+            self.stats.discarded(outcome)
+        return len(outcomes) - len(discarded)
+
+    async def _finish(
+        self, chunk: Chunk, expect: ProviderBatchState, stored: int, requeued: int
+    ) -> bool:
+        await self._moved(
+            chunk,
+            expect,
+            state=ProviderBatchState.DONE.value,
+            stored_count=stored,
+            requeued_count=requeued,
+            finished_at=self.clock(),
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        log.info(
+            "provider batch chunk %d (round %d): %d lines stored, %d runs queued again",
+            chunk.id,
+            chunk.round_id,
+            stored,
+            requeued,
+        )
+        self._forget(chunk.id)
+        return False
+
+    async def _give_up(self, chunk: Chunk, exc: EndpointError) -> None:
+        """The provider refused the chunk for good (upload or create): its runs fail
+        with that error, as a synchronous request refused so would."""
+        log.error(
+            "provider batch chunk %d (%s): %s: %s",
+            chunk.id,
+            chunk.endpoint,
+            exc.error_type,
+            exc.message,
+        )
+        now = self.clock()
+        times = Turnaround(now, now)
+        held = await self._step(
+            "reading a provider batch's runs", lambda: chunks.held_runs(self.engine, chunk.id)
+        )
+        outcomes = [
+            failure(
+                run_id,
+                Held(attempt, attempt),
+                exc,
+                times,
+                config=self.config,
+                retry_via=Via.BATCH.value,
+            )
+            for run_id, attempt, _ in held
+        ]
+        for outcome in outcomes:
+            self._count(outcome)
+        await self._record(chunk, outcomes)
+        await self._finish(chunk, ProviderBatchState(chunk.state), 0, 0)
