@@ -51,8 +51,8 @@ class EndpointConfig:
     noise_seed: int | None = None
     # The provider's Batch API limits per input file: requests and bytes (any endpoint;
     # the built-in model's Batch API enforces them).
-    batch_max_requests: int = 50_000
-    batch_max_bytes: int = 200 * 1024 * 1024
+    batch_max_requests: int = BATCH_MAX_REQUESTS
+    batch_max_bytes: int = BATCH_MAX_BYTES
     # The built-in model's Batch API (runner.localmodel.batches): where its files live
     # (None = a temporary directory per process), how long a batch stays in_progress at
     # least, the share of lines left to expire and of lines failed with a 500, a
@@ -73,12 +73,10 @@ class EndpointConfig:
     # Models with limits of their own (OpenAI limits each model separately).
     models: Mapping[str, ModelLimits] = field(default_factory=dict)
     # How rounds for it travel unless --via says otherwise: one request per try ("sync")
-    # or in provider batches ("batch", runner.work.batches), split at these limits per
-    # input file; a line that errored or expired goes again in a later provider batch
-    # ("batch") or synchronously ("sync").
+    # or in provider batches ("batch", runner.work.batches, split at batch_max_requests
+    # and batch_max_bytes per input file); a line that errored or expired goes again in
+    # a later provider batch ("batch") or synchronously ("sync").
     mode: Via = "sync"
-    batch_max_requests: int = BATCH_MAX_REQUESTS
-    batch_max_bytes: int = BATCH_MAX_BYTES
     batch_retry: Via = "batch"
 
     def missing_key(self, env: Mapping[str, str] | None = None) -> str | None:
@@ -243,8 +241,6 @@ ENDPOINT_KEYS = {
     "max_concurrency",
     "models",
     "mode",
-    "batch_max_requests",
-    "batch_max_bytes",
     "batch_retry",
 }
 
@@ -299,7 +295,7 @@ def _parse_endpoint(name: str, raw: Any, where: str, base: EndpointConfig | None
             values[key] = raw[key]
     if "timeout" in raw:
         values["timeout"] = float(_number(raw["timeout"], f"{where}.timeout", minimum=0.001))
-    for key in ("rpm", "tpm", "max_concurrency", "batch_max_requests", "batch_max_bytes"):
+    for key in ("rpm", "tpm", "max_concurrency"):
         if key in raw:
             values[key] = _number(raw[key], f"{where}.{key}", minimum=1, integer=True)
     values.update(_parse_modes(raw, where))
