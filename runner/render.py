@@ -57,9 +57,10 @@ def replayed_line(r: Replayed) -> str:
         if value
     )
     reused = f" ({r.reused} reused from stored results)" if r.reused else ""
+    via = " via the Batch API" if r.via == "batch" else ""
     return (
         f"batch {r.batch_id} ({r.batch_name}): round {r.round_number} (replay of {r.selection}"
-        f"{overrides}): {r.queued} runs queued{reused}"
+        f"{overrides}): {r.queued} runs queued{via}{reused}"
     )
 
 

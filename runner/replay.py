@@ -72,6 +72,7 @@ class Replayed:
     model: str | None
     selection: str
     samples: int | None = None
+    via: str = "sync"
 
 
 async def replay(
@@ -85,6 +86,7 @@ async def replay(
     samples: int | None = None,
     reuse: bool = False,
     now: datetime | None = None,
+    via: str | None = None,
 ) -> Replayed:
     """Queue a new replay round of ``batch_ref`` (id or name); all of it or nothing."""
     check_overrides(settings, endpoint, model, samples)
@@ -100,6 +102,7 @@ async def replay(
             samples=samples,
             reuse=reuse,
             now=now or utcnow(),
+            via=via,
         )
 
 
@@ -128,10 +131,12 @@ async def queue_replay(
     now: datetime,
     samples: int | None = None,
     label: str | None = None,
+    via: str | None = None,
 ) -> Replayed:
     """Inside the caller's transaction: one replay round of the selected jobs.
 
-    ``label`` replaces the recorded selection (``verify`` rounds say so).
+    ``label`` replaces the recorded selection (``verify`` rounds say so). ``via``: how its
+    requests travel [default: the ``mode`` of the endpoint they go to].
     """
     job_ids = await select_jobs(conn, batch, selection)
     if not job_ids:
@@ -140,6 +145,9 @@ async def queue_replay(
             f"{_wanted(selection)}; see `runner status {batch.id}`"
         )
     described = label or selection.describe()
+    target = endpoint or await queue.batch_endpoint(conn, batch.id)
+    configured = settings.endpoints.get(target) if target else None
+    via = via or (configured.mode if configured else "sync")
     round_id, number = await queue.create_replay_round(
         conn,
         batch.id,
@@ -149,6 +157,7 @@ async def queue_replay(
         samples=samples,
         selection=described,
         reuse=reuse,
+        via=via,
     )
     attempts = await queue.tries_per_run(conn, batch.id) or settings.worker.max_attempts
     for start in range(0, len(job_ids), CHUNK):
@@ -166,6 +175,7 @@ async def queue_replay(
         model=model,
         selection=described,
         samples=samples,
+        via=via,
     )
 
 

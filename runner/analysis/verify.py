@@ -111,6 +111,7 @@ async def prepare(
     endpoint: str | None = None,
     samples: int | None = None,
     now: datetime | None = None,
+    via: str | None = None,
 ) -> list[int]:
     """Queue K runs of every job of ``target`` (a job file or a batch); returns the rounds.
 
@@ -128,7 +129,9 @@ async def prepare(
     round_ids: list[int] = []
     if is_job_file(target):
         # A batch of its own, even for a file run before: K fresh runs of every job.
-        sub = await submit(engine, Path(target), settings, endpoint=endpoint, now=now, again=True)
+        sub = await submit(
+            engine, Path(target), settings, endpoint=endpoint, now=now, again=True, via=via
+        )
         round_ids.append(sub.round_id)
         batch_ref, override = str(sub.batch_id), None
     else:
@@ -148,6 +151,7 @@ async def prepare(
                 now=now,
                 samples=samples,
                 label="verify",
+                via=via,
             )
             round_ids.append(replayed.round_id)
     return round_ids
@@ -163,10 +167,11 @@ async def verify(
     samples: int | None = None,
     concurrency: int | None = None,
     handle_signals: bool = False,
+    via: str | None = None,
 ) -> VerifyReport:
     """Queue, work and report: the whole of ``runner verify``."""
     round_ids = await prepare(
-        engine, settings, target, times=times, endpoint=endpoint, samples=samples
+        engine, settings, target, times=times, endpoint=endpoint, samples=samples, via=via
     )
     worker = Worker(
         engine,

@@ -15,7 +15,15 @@ from runner.analysis.diff import JobDiff, diff_job
 from runner.analysis.distribution import DEFAULT_ALPHA, Verdict
 from runner.analysis.embedding import DEFAULT_MODEL as DEFAULT_EMBEDDINGS_MODEL
 from runner.analysis.verify import VerifyReport, is_job_file, verify
-from runner.cli.base import Context, _concurrency, _format, _terminal, main, pass_context
+from runner.cli.base import (
+    Context,
+    _concurrency,
+    _format,
+    _terminal,
+    _via,
+    main,
+    pass_context,
+)
 from runner.config import Settings
 from runner.errors import RunnerError
 from runner.params import MAX_SAMPLES
@@ -136,6 +144,7 @@ _rounds_option = click.option(
     help="Work the new round until done and print its status (exit 1 if any failed).",
 )
 @_concurrency
+@_via
 @pass_context
 def replay_cmd(
     obj: Context,
@@ -150,6 +159,7 @@ def replay_cmd(
     reuse: bool,
     work_now: bool,
     concurrency: int | None,
+    via: str | None,
 ) -> None:
     """Queue BATCH (id or name) again as a new round: the same request bodies, byte for byte.
 
@@ -167,6 +177,7 @@ def replay_cmd(
             model=model,
             samples=samples,
             reuse=reuse,
+            via=via,
         )
         click.echo(render.replayed_line(replayed))
         if not work_now:
@@ -373,6 +384,7 @@ def diff_cmd(obj: Context, batch: str, key: str, rounds: tuple[int, int] | None)
 )
 @_format("RUNNER_VERIFY_FORMAT")
 @_concurrency
+@_via
 @pass_context
 def verify_cmd(
     obj: Context,
@@ -383,6 +395,7 @@ def verify_cmd(
     top: int,
     fmt: str,
     concurrency: int | None,
+    via: str | None,
 ) -> None:
     """Run every job K times with identical bodies and report how deterministic it is.
 
@@ -403,6 +416,7 @@ def verify_cmd(
             samples=samples,
             concurrency=concurrency,
             handle_signals=True,
+            via=via,
         )
 
     report = obj.run(go, create=is_job_file(target))  # a job file is submitted first

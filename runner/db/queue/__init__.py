@@ -50,6 +50,7 @@ from runner.db.queue.claims import (
 from runner.db.queue.replay import (
     ITEM_CHUNK,
     REUSE_CHUNK,
+    batch_endpoint,
     create_replay_round,
     enqueue_jobs,
     insert_comparison,
@@ -102,6 +103,7 @@ __all__ = [
     "TickRound",
     "Unfinished",
     "analyze",
+    "batch_endpoint",
     "cancel_runs",
     "claim",
     "claim_drift_hook",

@@ -360,7 +360,16 @@ async def put_back(
     try not counted. False if the chunk is no longer ``owner``'s."""
 
     def transaction(conn: Connection) -> bool:
-        if not _fenced(conn, chunk, owner, ProviderBatchState.PREPARING, {}):
+        held = conn.execute(
+            select(ProviderBatch.id)
+            .where(
+                ProviderBatch.id == chunk.id,
+                ProviderBatch.lease_owner == owner,
+                ProviderBatch.state == ProviderBatchState.PREPARING.value,
+            )
+            .with_for_update()
+        ).one_or_none()
+        if held is None:
             return False
         released = conn.execute(
             update(Run)

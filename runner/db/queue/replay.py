@@ -60,15 +60,22 @@ async def create_replay_round(
     selection: str,
     reuse: bool,
     samples: int | None = None,
+    via: str = "sync",
 ) -> tuple[int, int]:
     """A new ``replay`` round with its overrides recorded; returns (round id, number)."""
-    round_id, number = await create_round(conn, batch_id, RoundTrigger.REPLAY, now)
+    round_id, number = await create_round(conn, batch_id, RoundTrigger.REPLAY, now, via=via)
     await conn.execute(
         update(Round)
         .where(Round.id == round_id)
         .values(endpoint=endpoint, model=model, samples=samples, selection=selection, reuse=reuse)
     )
     return round_id, number
+
+
+async def batch_endpoint(conn: AsyncConnection, batch_id: int) -> str | None:
+    """The endpoint a batch's jobs name (a job file's jobs share one)."""
+    found = await conn.scalar(select(Job.endpoint).where(Job.batch_id == batch_id).limit(1))
+    return None if found is None else str(found)
 
 
 async def sent_hashes(

@@ -1,0 +1,180 @@
+"""Batch rounds through the CLI and the real openai SDK against the built-in Batch API.
+
+Every test runs `runner run` / `runner work` in-process (CliRunner) on both backends,
+with a ``type = "local"`` endpoint whose in-process Batch API has the knobs under test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import sql, yaml_job
+from tests.replaykit import invoke
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _config(tmp_path: Path, **endpoint: object) -> None:
+    """runner.toml with a fast worker and an endpoint ``lb``: the built-in model, batch mode."""
+    keys = {"type": "local", "mode": "batch", "batch_turnaround_ms": 50, **endpoint}
+    lines = [
+        "[worker]",
+        "poll_seconds = 0.02",
+        "heartbeat_seconds = 0.5",
+        "max_attempts = 3",
+        "batch_poll_seconds = 0.2",
+        "",
+        "[endpoints.lb]",
+    ]
+    lines += [f"{key} = {json.dumps(value)}" for key, value in keys.items()]
+    (tmp_path / "runner.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _job(tmp_path: Path, count: int) -> Path:
+    return yaml_job(tmp_path, count, extra="endpoint: lb\n")
+
+
+def _by_key(db_url: str, round_number: int) -> dict[str, tuple[object, ...]]:
+    rows = sql(
+        db_url,
+        "SELECT j.key, r.state, r.outputs, j.seed, r.system_fingerprint, r.prompt_tokens, "
+        "r.completion_tokens, r.total_tokens, r.response_model, r.finish_reason "
+        "FROM runs r JOIN jobs j ON j.id = r.job_id JOIN rounds ro ON ro.id = r.round_id "
+        f"WHERE ro.number = {round_number} AND ro.batch_id = 1",
+    )
+    return {str(row[0]): tuple(row[1:]) for row in rows}
+
+
+def test_a_batch_round_stores_what_a_sync_round_does(db_url: str, tmp_path: Path) -> None:
+    _config(tmp_path)
+    job = _job(tmp_path, 6)
+    code, out, err = invoke(db_url, "run", str(job))
+    assert code == 0, out + err
+    code, out, err = invoke(db_url, "replay", "1", "--via", "sync", "--work")
+    assert code == 0, out + err
+    batch, sync = _by_key(db_url, 1), _by_key(db_url, 2)
+    assert len(batch) == 6
+    assert batch == sync  # outputs, seeds, fingerprints, usage: only the way differs
+    assert {s for s, *_ in batch.values()} == {"succeeded"}
+    assert sql(db_url, "SELECT number, via FROM rounds ORDER BY number") == [
+        (1, "batch"),
+        (2, "sync"),
+    ]
+    # Round 1's tries went as lines of one provider batch; round 2's one by one.
+    workers = sql(
+        db_url,
+        "SELECT ro.number, a.worker, count(*) FROM attempts a JOIN runs r ON r.id = a.run_id "
+        "JOIN rounds ro ON ro.id = r.round_id GROUP BY ro.number, a.worker ORDER BY ro.number",
+    )
+    assert workers[0] == (1, "batch:1", 6)
+    assert [w for _, w, _ in workers[1:]] and all(
+        not w.startswith("batch:") for _, w, _ in workers[1:]
+    )
+    ((state, provider, count, stored, done),) = sql(
+        db_url,
+        "SELECT state, provider_state, request_count, stored_count, finished_at IS NOT NULL "
+        "FROM provider_batches",
+    )
+    assert (state, provider, count, stored, bool(done)) == ("done", "completed", 6, 6, True)
+
+
+def test_a_round_is_split_by_count_and_by_size(db_url: str, tmp_path: Path) -> None:
+    _config(tmp_path, batch_max_requests=4)
+    code, out, err = invoke(db_url, "run", str(_job(tmp_path, 10)))
+    assert code == 0, out + err
+    counts = [c for (c,) in sql(db_url, "SELECT request_count FROM provider_batches ORDER BY id")]
+    assert counts == [4, 4, 2]
+    # Each line is about 200 bytes: 700 bytes hold a few.
+    _config(tmp_path, batch_max_bytes=700)
+    code, out, err = invoke(db_url, "replay", "1", "--work")
+    assert code == 0, out + err
+    sizes = sql(
+        db_url,
+        "SELECT request_count, input_bytes FROM provider_batches WHERE round_id = 2 ORDER BY id",
+    )
+    assert len(sizes) >= 3 and sum(c for c, _ in sizes) == 10
+    assert all(size <= 700 for _, size in sizes)
+    # Every run stored once, by one succeeded attempt.
+    assert sql(
+        db_url,
+        "SELECT count(*), count(DISTINCT r.id) FROM runs r JOIN attempts a ON a.run_id = r.id "
+        "WHERE r.state = 'succeeded' AND a.outcome = 'succeeded'",
+    ) == [(20, 20)]
+
+
+def test_an_expired_batch_stores_its_done_part_and_sends_the_rest_again(
+    db_url: str, tmp_path: Path
+) -> None:
+    _config(tmp_path, batch_expire_fraction=0.5, noise_seed=3)
+    code, _, _ = invoke(db_url, "run", str(_job(tmp_path, 8)))
+    # Half of every batch expires: 8 -> 4 -> 2 -> 1 -> 0 left; three tries are enough
+    # only for the runs done early, so some may fail "gave up".
+    states = sql(db_url, "SELECT provider_state FROM provider_batches ORDER BY id")
+    assert states[0] == ("expired",)
+    retried = sql(
+        db_url,
+        "SELECT count(*) FROM attempts WHERE outcome = 'retry' AND error_type = 'batch_expired'",
+    )
+    assert retried[0][0] >= 4
+    first = sql(db_url, "SELECT stored_count, requeued_count FROM provider_batches WHERE id = 1")
+    assert first == [(8, 0)] or first[0][0] + first[0][1] == 8
+    # Nothing hangs: every run ended, and each succeeded one has one succeeded attempt.
+    assert sql(db_url, "SELECT count(*) FROM runs WHERE state IN ('queued', 'running')") == [(0,)]
+    assert sql(
+        db_url,
+        "SELECT count(*) FROM runs r WHERE r.state = 'succeeded' AND "
+        "(SELECT count(*) FROM attempts a WHERE a.run_id = r.id AND a.outcome = 'succeeded') != 1",
+    ) == [(0,)]
+    assert code == (
+        0 if sql(db_url, "SELECT count(*) FROM runs WHERE state = 'failed'") == [(0,)] else 1
+    )
+
+
+def test_line_errors_are_retried_and_a_failed_validation_fails_clearly(
+    db_url: str, tmp_path: Path
+) -> None:
+    _config(tmp_path, batch_line_error_rate=0.4, noise_seed=7)
+    invoke(db_url, "run", str(_job(tmp_path, 10)))
+    errors = sql(
+        db_url,
+        "SELECT DISTINCT outcome, error_type, http_status FROM attempts "
+        "WHERE outcome != 'succeeded'",
+    )
+    assert ("retry", "server_error", 500) in errors
+    assert sql(db_url, "SELECT count(*) FROM runs WHERE state IN ('queued', 'running')") == [(0,)]
+    # A batch that fails validation: its runs come back until their tries are spent, then
+    # fail with the provider's error; the command ends, exit 1.
+    _config(tmp_path, batch_fail_validation="invalid_json_line")
+    code, out, err = invoke(db_url, "replay", "1", "--work")
+    assert code == 1, out + err
+    failed = sql(
+        db_url,
+        "SELECT r.state, r.error_type, r.error_message FROM runs r JOIN rounds ro "
+        "ON ro.id = r.round_id WHERE ro.number = 2",
+    )
+    assert len(failed) == 10
+    assert {s for s, _, _ in failed} == {"failed"}
+    assert all("invalid_json_line" in m and "gave up after 3 attempts" in m for _, _, m in failed)
+    assert {
+        state
+        for (state,) in sql(
+            db_url, "SELECT provider_state FROM provider_batches WHERE round_id = 2"
+        )
+    } == {"failed"}
+
+
+def test_batch_retry_sync_sends_failed_lines_one_by_one(db_url: str, tmp_path: Path) -> None:
+    _config(tmp_path, batch_expire_fraction=0.5, noise_seed=3, batch_retry="sync")
+    code, out, err = invoke(db_url, "run", str(_job(tmp_path, 8)))
+    assert code == 0, out + err
+    assert sql(db_url, "SELECT count(*) FROM provider_batches") == [(1,)]
+    ((sync_runs,),) = sql(db_url, "SELECT count(*) FROM runs WHERE via = 'sync'")
+    assert sync_runs >= 1
+    assert sql(
+        db_url,
+        "SELECT count(*) FROM attempts WHERE outcome = 'succeeded' AND worker NOT LIKE 'batch:%'",
+    ) == [(sync_runs,)]
+    assert sql(db_url, "SELECT count(*) FROM runs WHERE state = 'succeeded'") == [(8,)]
