@@ -19,6 +19,7 @@ from runner.cli.base import Context, _clock, _concurrency, _format, _via, main, 
 from runner.db import queue
 from runner.db.engine import safe_url
 from runner.db.models import RunState
+from runner.db.queue.batches import unfinished_chunks
 from runner.db.types import utcnow
 from runner.errors import RunnerError
 from runner.progress import Mode, run_with_progress, watch_status
@@ -417,18 +418,25 @@ def batches_cmd(obj: Context, limit: int) -> None:
 @pass_context
 def cancel_cmd(obj: Context, batch: str, round_number: int | None) -> None:
     """Cancel BATCH's unfinished runs: queued ones at once, running ones at their
-    worker's next heartbeat (their results, if they arrive, are not stored)."""
+    worker's next heartbeat (their results, if they arrive, are not stored), and its
+    provider batches (Batch API rounds) at their worker's next poll."""
 
-    async def go(engine: AsyncEngine) -> tuple[str, int, int]:
+    async def go(engine: AsyncEngine) -> tuple[str, int, int, int]:
         async with engine.connect() as conn:
             found = await resolve_batch(conn, batch)
             ids = await round_ids_of(conn, found, round_number)
         queued, running = await queue.cancel_runs(engine, ids, utcnow())
-        return f"batch {found.id} ({found.name})", queued, running
+        provider = await unfinished_chunks(engine, ids)
+        return f"batch {found.id} ({found.name})", queued, running, provider
 
-    what, queued, running = obj.run(go)
+    what, queued, running, provider = obj.run(go)
     where = f" round {round_number}" if round_number is not None else ""
     click.echo(f"{what}{where}: cancelled {queued} queued and {running} running runs")
+    if provider:
+        click.echo(
+            f"{provider} provider batches are cancelled at the provider by the worker "
+            "that polls them (results that still arrive are not stored)"
+        )
 
 
 @main.command("retry")

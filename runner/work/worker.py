@@ -403,6 +403,8 @@ class Worker:
     async def _drained(self) -> bool:
         if self._in_flight:
             return False
+        if self.batches is not None and self.batches.held:
+            return False  # a provider batch being cancelled, or its results being stored
         # Finished runs count as unfinished until stored: wait for the writer (a retry
         # stored now puts its run back in the queue, so it is not counted as done).
         assert self._writer is not None

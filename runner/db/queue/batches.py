@@ -469,3 +469,17 @@ async def chunk_views(engine: AsyncEngine, *, unfinished_only: bool = False) -> 
             .order_by(ProviderBatch.id)
         )
         return [ChunkView(*row) for row in rows]
+
+
+async def unfinished_chunks(engine: AsyncEngine, round_ids: Sequence[int]) -> int:
+    """Provider batches of these rounds not done yet."""
+    async with engine.connect() as conn:
+        count = await conn.scalar(
+            select(func.count())
+            .select_from(ProviderBatch)
+            .where(
+                ProviderBatch.round_id.in_(list(round_ids)),
+                ProviderBatch.state != ProviderBatchState.DONE.value,
+            )
+        )
+        return int(count or 0)

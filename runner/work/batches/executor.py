@@ -324,7 +324,22 @@ class BatchExecutor:
         # A worker may have died after creating it, before recording its id.
         found = await api.find({"runner_chunk": str(chunk.id)}, chunk.input_file_id)
         if found is None:
-            found = await api.create(chunk.input_file_id, self._metadata(chunk))
+            try:
+                found = await api.create(chunk.input_file_id, self._metadata(chunk))
+            except EndpointError as exc:
+                if exc.status != 404:
+                    raise
+                # The provider lost the file (the built-in model's, with the process
+                # that held it): no batch can use it, so upload the input again.
+                log.warning(
+                    "provider batch chunk %d: %s: uploading it again", chunk.id, exc.message
+                )
+                return await self._moved(
+                    chunk,
+                    ProviderBatchState.UPLOADED,
+                    state=ProviderBatchState.PREPARING.value,
+                    input_file_id=None,
+                )
             _kill_point("after-create")
         else:
             log.info("provider batch chunk %d: found %s, created before", chunk.id, found.id)
