@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from runner.config import Price
-from runner.report import BatchLine, BatchStatus
+from runner.db.types import utcnow
+from runner.report import BatchLine, BatchStatus, ProviderBatchStatus
 from runner.work import WorkerStats
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -55,7 +57,42 @@ def cost_text(cost: float | None, unpriced: Sequence[str]) -> str:
     return f"cost: ${cost:,.4f}"
 
 
-def status_text(statuses: Sequence[BatchStatus], prices: Mapping[str, Price] | None = None) -> str:
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def provider_batch_lines(batches: Sequence[ProviderBatchStatus], now: datetime) -> list[str]:
+    """A batch round's provider batches: the finished ones counted, the others one a line."""
+    done = [b for b in batches if b.state == "done"]
+    lines = []
+    if done:
+        lines.append(
+            f"    provider batches: {len(done)} done ({sum(b.request_count for b in done)} lines)"
+        )
+    for b in batches:
+        if b.state == "done":
+            continue
+        status = f", {b.provider_state}" if b.provider_state else ""
+        counts = ""
+        if b.completed_count is not None:
+            counts = f", {b.completed_count}/{b.request_count} completed, {b.failed_count} failed"
+        age = _age((now - b.created_at).total_seconds())
+        lines.append(
+            f"    provider batch {b.id}: {b.state}{status} "
+            f"({b.request_count} lines{counts}), {age} old"
+        )
+    return lines
+
+
+def status_text(
+    statuses: Sequence[BatchStatus],
+    prices: Mapping[str, Price] | None = None,
+    now: datetime | None = None,
+) -> str:
     if not statuses:
         return "no batches yet: submit one with `runner submit JOBFILE`"
     lines = []
@@ -71,10 +108,12 @@ def status_text(statuses: Sequence[BatchStatus], prices: Mapping[str, Price] | N
                 for name, value in (("endpoint", rnd.endpoint), ("model", rnd.model))
                 if value
             )
+            via = ", via the Batch API" if rnd.via == "batch" else ""
             lines.append(
-                f"  round {rnd.number} ({rnd.trigger}{overrides}): "
+                f"  round {rnd.number} ({rnd.trigger}{overrides}{via}): "
                 f"{rnd.done}/{rnd.total} done: {counts}"
             )
+            lines += provider_batch_lines(rnd.provider_batches, now or utcnow())
             tokens = f"    tokens: {rnd.prompt_tokens} prompt + {rnd.completion_tokens} completion"
             if rnd.tokens_by_model:
                 tokens += "; " + cost_text(*rnd.cost(prices or {}))

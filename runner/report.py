@@ -15,8 +15,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.config import Price
 from runner.db import queue
-from runner.db.models import Batch, Job, Round, Run, RunState
+from runner.db.models import Batch, Job, ProviderBatch, Round, Run, RunState
 from runner.errors import NotFoundError
+
+
+@dataclass(frozen=True)
+class ProviderBatchStatus:
+    """One provider batch of a ``batch`` round (``provider_batches``)."""
+
+    id: int
+    state: str
+    provider_state: str | None
+    request_count: int
+    completed_count: int | None
+    failed_count: int | None
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -33,13 +46,24 @@ class RoundStatus:
     model: str | None = None
     # model -> (prompt tokens, completion tokens) of its stored usage
     tokens_by_model: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # The part of those tokens sent in provider batches (charged at the batch price).
+    batch_tokens_by_model: dict[str, tuple[int, int]] = field(default_factory=dict)
+    via: str = "sync"
+    provider_batches: list[ProviderBatchStatus] = field(default_factory=list)
 
     def cost(self, prices: Mapping[str, Price]) -> tuple[float | None, list[str]]:
-        """USD cost of the tokens used, or None with the models that have no price."""
+        """USD cost of the tokens used, or None with the models that have no price;
+        tokens sent in provider batches at the batch price."""
         unpriced = sorted(m for m in self.tokens_by_model if m not in prices)
         if unpriced:
             return None, unpriced
-        return sum(prices[m].cost(p, c) for m, (p, c) in self.tokens_by_model.items()), []
+        total = 0.0
+        for model, (prompt, completion) in self.tokens_by_model.items():
+            batch_prompt, batch_completion = self.batch_tokens_by_model.get(model, (0, 0))
+            price = prices[model]
+            total += price.cost(prompt - batch_prompt, completion - batch_completion)
+            total += price.batch().cost(batch_prompt, batch_completion)
+        return total, []
 
     @property
     def total(self) -> int:
@@ -84,19 +108,20 @@ async def _round_status(conn: AsyncConnection, rnd: Any) -> RoundStatus:
             )
         ).all()
     )
-    by_model = {
-        str(model): (int(prompt or 0), int(completion or 0))
-        for model, prompt, completion in await conn.execute(
-            select(Job.model, func.sum(Run.prompt_tokens), func.sum(Run.completion_tokens))
-            .join(Job, Job.id == Run.job_id)
-            .where(Run.round_id == rnd.id, Run.prompt_tokens.is_not(None))
-            .group_by(Job.model)
-        )
-    }
-    if rnd.model is not None:  # a replay that sent every job to another model
-        by_model = {
-            rnd.model: (sum(p for p, _ in by_model.values()), sum(c for _, c in by_model.values()))
-        }
+    by_model: dict[str, tuple[int, int]] = {}
+    by_batch: dict[str, tuple[int, int]] = {}
+    for model, via, prompt, completion in await conn.execute(
+        select(Job.model, Run.via, func.sum(Run.prompt_tokens), func.sum(Run.completion_tokens))
+        .join(Job, Job.id == Run.job_id)
+        .where(Run.round_id == rnd.id, Run.prompt_tokens.is_not(None))
+        .group_by(Job.model, Run.via)
+    ):
+        # (a replay with a model override sent every job to that model)
+        model = rnd.model or model
+        for totals, counted in ((by_model, True), (by_batch, (via or rnd.via) == "batch")):
+            if counted:
+                p, c = totals.get(str(model), (0, 0))
+                totals[str(model)] = (p + int(prompt or 0), c + int(completion or 0))
     errors = await conn.execute(
         select(Run.error_type, func.count())
         .where(Run.round_id == rnd.id, Run.state == RunState.FAILED.value)
@@ -122,7 +147,27 @@ async def _round_status(conn: AsyncConnection, rnd: Any) -> RoundStatus:
         fingerprints=sorted(fingerprints, key=lambda f: (f is None, f or "")),
         endpoint=rnd.endpoint,
         model=rnd.model,
+        batch_tokens_by_model=by_batch,
+        via=rnd.via,
+        provider_batches=await _provider_batches(conn, rnd.id) if rnd.via == "batch" else [],
     )
+
+
+async def _provider_batches(conn: AsyncConnection, round_id: int) -> list[ProviderBatchStatus]:
+    rows = await conn.execute(
+        select(
+            ProviderBatch.id,
+            ProviderBatch.state,
+            ProviderBatch.provider_state,
+            ProviderBatch.request_count,
+            ProviderBatch.completed_count,
+            ProviderBatch.failed_count,
+            ProviderBatch.created_at,
+        )
+        .where(ProviderBatch.round_id == round_id)
+        .order_by(ProviderBatch.id)
+    )
+    return [ProviderBatchStatus(*row) for row in rows]
 
 
 async def batch_status(

@@ -10,12 +10,14 @@ and no custom_id is ever executed twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,22 @@ def _runner(tmp_path: Path, db_url: str, *args: str, kill_at: str | None = None)
     return done.returncode, done.stderr
 
 
+@contextlib.contextmanager
+def _serving(tmp_path: Path, db_url: str, *, turnaround_ms: float, log: Path) -> Iterator[None]:
+    """The local Batch API in this process, the endpoint ``serve`` on it, JOBS queued."""
+    options = ServerOptions(
+        port=0,
+        log_level="warning",
+        batches=BatchOptions(turnaround_ms=turnaround_ms, log=str(log)),
+    )
+    with running_server(options) as url:
+        _configure(tmp_path, url)
+        job = yaml_job(tmp_path, JOBS, extra="endpoint: serve\n")
+        code, out, err = invoke(db_url, "submit", str(job))
+        assert code == 0, out + err
+        yield
+
+
 @pytest.mark.parametrize(
     "phase", ["before-upload", "after-upload", "after-create", "mid-download", "mid-store:5"]
 )
@@ -64,14 +82,7 @@ def test_a_worker_killed_at_any_phase_loses_nothing_and_sends_nothing_twice(
     tmp_path: Path, db_url: str, phase: str
 ) -> None:
     log = tmp_path / "executed.jsonl"
-    options = ServerOptions(
-        port=0, log_level="warning", batches=BatchOptions(turnaround_ms=300, log=str(log))
-    )
-    with running_server(options) as url:
-        _configure(tmp_path, url)
-        job = yaml_job(tmp_path, JOBS, extra="endpoint: serve\n")
-        code, out, err = invoke(db_url, "submit", str(job))
-        assert code == 0, out + err
+    with _serving(tmp_path, db_url, turnaround_ms=300, log=log):
         code, err = _runner(tmp_path, db_url, "work", "--burst", "-q", kill_at=phase)
         assert code == -9, err  # killed itself at that phase
         code, err = _runner(tmp_path, db_url, "work", "--burst", "-q")
@@ -102,15 +113,7 @@ def test_a_worker_killed_at_any_phase_loses_nothing_and_sends_nothing_twice(
 def test_cancel_during_a_provider_batch_cancels_it_and_stores_nothing(
     tmp_path: Path, db_url: str
 ) -> None:
-    log = tmp_path / "executed.jsonl"
-    options = ServerOptions(
-        port=0, log_level="warning", batches=BatchOptions(turnaround_ms=60_000, log=str(log))
-    )
-    with running_server(options) as url:
-        _configure(tmp_path, url)
-        job = yaml_job(tmp_path, JOBS, extra="endpoint: serve\n")
-        code, out, err = invoke(db_url, "submit", str(job))
-        assert code == 0, out + err
+    with _serving(tmp_path, db_url, turnaround_ms=60_000, log=tmp_path / "executed.jsonl"):
         worker = subprocess.Popen(
             [sys.executable, "-m", "runner", "--db", db_url, "work", "--burst", "-q"],
             cwd=tmp_path,

@@ -17,6 +17,9 @@ from tests.replaykit import invoke
 pytestmark = pytest.mark.timeout(120)
 
 
+PRICES = '[prices."test-model"]\ninput = 2.0\noutput = 8.0\n'
+
+
 def _config(tmp_path: Path, **endpoint: object) -> None:
     """runner.toml with a fast worker and an endpoint ``lb``: the built-in model, batch mode."""
     keys = {"type": "local", "mode": "batch", "batch_turnaround_ms": 50, **endpoint}
@@ -30,6 +33,7 @@ def _config(tmp_path: Path, **endpoint: object) -> None:
         "[endpoints.lb]",
     ]
     lines += [f"{key} = {json.dumps(value)}" for key, value in keys.items()]
+    lines += ["", PRICES]
     (tmp_path / "runner.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -79,6 +83,16 @@ def test_a_batch_round_stores_what_a_sync_round_does(db_url: str, tmp_path: Path
         "FROM provider_batches",
     )
     assert (state, provider, count, stored, bool(done)) == ("done", "completed", 6, 6, True)
+    # The operator's view: the round went through the Batch API, at half the price.
+    code, out, _ = invoke(db_url, "status", "1")
+    assert "round 1 (submit, via the Batch API): 6/6 done" in out
+    assert "provider batches: 1 done (6 lines)" in out
+    code, out, _ = invoke(db_url, "status", "1", "--format", "json")
+    rounds = json.loads(out)[0]["rounds"]
+    assert [r["via"] for r in rounds] == ["batch", "sync"]
+    assert rounds[0]["cost_usd"] == pytest.approx(rounds[1]["cost_usd"] / 2)
+    costs = sql(db_url, "SELECT round_number, cost_usd FROM round_costs ORDER BY round_number")
+    assert costs[0][1] == pytest.approx(costs[1][1] / 2)
 
 
 def test_a_round_is_split_by_count_and_by_size(db_url: str, tmp_path: Path) -> None:
