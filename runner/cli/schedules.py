@@ -8,7 +8,16 @@ import click
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.analysis.drift import history
-from runner.cli.base import Context, _clock, _concurrency, _format, _terminal, main, pass_context
+from runner.cli.base import (
+    Context,
+    _clock,
+    _concurrency,
+    _format,
+    _terminal,
+    _via,
+    main,
+    pass_context,
+)
 from runner.db.types import utcnow
 from runner.errors import RunnerError
 from runner.params import MAX_SAMPLES
@@ -96,6 +105,7 @@ def schedule_group() -> None:
     show_envvar=True,
     help="Significance level of the drift reports' distribution test [default: 0.05]",
 )
+@_via
 @pass_context
 def schedule_add(
     obj: Context,
@@ -107,6 +117,7 @@ def schedule_add(
     catch_up: str,
     samples: int | None,
     alpha: float | None,
+    via: str | None,
 ) -> None:
     """Schedule BATCH (id or name) under NAME: a new round of all its jobs at every tick."""
 
@@ -121,6 +132,7 @@ def schedule_add(
             on_drift=on_drift,
             samples=samples,
             alpha=alpha,
+            via=via,
         )
 
     click.echo(schedule_line(obj.run(go)))

@@ -107,6 +107,7 @@ async def create_schedule(
         on_drift=spec.on_drift,
         samples=spec.samples,
         alpha=spec.alpha,
+        via=spec.via,
         now=now,
     )
     return name
@@ -124,6 +125,7 @@ async def add_schedule(
     samples: int | None = None,
     alpha: float | None = None,
     now: datetime | None = None,
+    via: str | None = None,
 ) -> ScheduleInfo:
     """Validate everything, then store the schedule; nothing is written on an error."""
     if samples is not None and not 1 <= samples <= MAX_SAMPLES:
@@ -137,6 +139,7 @@ async def add_schedule(
         on_drift=on_drift if on_drift and on_drift.strip() else None,
         samples=samples,
         alpha=alpha,
+        via=via,
     )
     now = now or utcnow()
     try:
@@ -324,6 +327,7 @@ async def tick(engine: AsyncEngine, settings: Settings, now: datetime) -> list[T
                 available_at=available_at,
                 max_attempts=settings.worker.max_attempts,
                 skip_if_newer=item.catch_up is CatchUp.LATEST,
+                modes={name: e.mode for name, e in settings.endpoints.items()},
             )
             if made is not None:
                 log.info(

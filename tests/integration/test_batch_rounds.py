@@ -192,3 +192,25 @@ def test_batch_retry_sync_sends_failed_lines_one_by_one(db_url: str, tmp_path: P
         "SELECT count(*) FROM attempts WHERE outcome = 'succeeded' AND worker NOT LIKE 'batch:%'",
     ) == [(sync_runs,)]
     assert sql(db_url, "SELECT count(*) FROM runs WHERE state = 'succeeded'") == [(8,)]
+
+
+def test_a_scheduled_round_via_batch_gets_its_drift_report(db_url: str, tmp_path: Path) -> None:
+    _config(tmp_path, mode="sync")
+    code, out, err = invoke(db_url, "run", str(_job(tmp_path, 4)))
+    assert code == 0, out + err
+    code, out, err = invoke(
+        db_url, "schedule", "add", "nightly", "1", "--cron", "0 3 * * *", "--via", "batch"
+    )
+    assert code == 0, out + err
+    code, out, err = invoke(
+        db_url, "schedule", "run-due", "--now", "2031-01-10T03:00:00Z", "--work"
+    )
+    assert code == 0, out + err
+    assert "batch 1 round 2, 4 runs queued" in out and "drift report 1: stable" in out
+    assert sql(db_url, "SELECT number, via FROM rounds ORDER BY number") == [
+        (1, "sync"),
+        (2, "batch"),
+    ]
+    assert sql(db_url, "SELECT round_id, state, request_count FROM provider_batches") == [
+        (2, "done", 4)
+    ]

@@ -429,48 +429,6 @@ async def advance_chunk(
     return await _transaction(engine, transaction)
 
 
-@dataclass(frozen=True)
-class ChunkView:
-    """A provider batch as ``runner status`` shows it."""
-
-    id: int
-    batch_id: int
-    round_number: int
-    endpoint: str
-    state: str
-    provider_state: str | None
-    request_count: int
-    completed_count: int | None
-    failed_count: int | None
-    created_at: datetime
-    provider_batch_id: str | None
-
-
-async def chunk_views(engine: AsyncEngine, *, unfinished_only: bool = False) -> list[ChunkView]:
-    """Provider batches with their batch and round, oldest first."""
-    done = ProviderBatch.state != ProviderBatchState.DONE.value if unfinished_only else true()
-    async with engine.connect() as conn:
-        rows = await conn.execute(
-            select(
-                ProviderBatch.id,
-                Round.batch_id,
-                Round.number,
-                ProviderBatch.endpoint,
-                ProviderBatch.state,
-                ProviderBatch.provider_state,
-                ProviderBatch.request_count,
-                ProviderBatch.completed_count,
-                ProviderBatch.failed_count,
-                ProviderBatch.created_at,
-                ProviderBatch.provider_batch_id,
-            )
-            .join(Round, Round.id == ProviderBatch.round_id)
-            .where(done)
-            .order_by(ProviderBatch.id)
-        )
-        return [ChunkView(*row) for row in rows]
-
-
 async def unfinished_chunks(engine: AsyncEngine, round_ids: Sequence[int]) -> int:
     """Provider batches of these rounds not done yet."""
     async with engine.connect() as conn:

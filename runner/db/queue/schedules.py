@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,7 +31,12 @@ from runner.db.models import (
 from runner.db.queue._common import (
     _retry_deadlock,
 )
-from runner.db.queue.replay import enqueue_jobs, insert_comparison, sent_hashes
+from runner.db.queue.replay import (
+    batch_endpoint,
+    enqueue_jobs,
+    insert_comparison,
+    sent_hashes,
+)
 from runner.db.queue.submit import enqueue_round
 
 # ---------------------------------------------------------------- schedules and drift reports
@@ -64,6 +69,7 @@ async def insert_schedule(
     now: datetime,
     samples: int | None = None,
     alpha: float | None = None,
+    via: str | None = None,
 ) -> int:
     """A new active schedule; its first tick is the first one after ``now``."""
     result = await conn.execute(
@@ -77,6 +83,7 @@ async def insert_schedule(
             on_drift=on_drift,
             samples=samples,
             alpha=alpha,
+            via=via,
             created_at=now,
             since=now,
             paused_at=None,
@@ -156,22 +163,25 @@ async def create_tick_round(
     available_at: datetime,
     max_attempts: int,
     skip_if_newer: bool,
+    modes: Mapping[str, str] | None = None,
 ) -> TickRound | None:
     """The round of one tick with a queued run per job (claimable from ``available_at``),
     in one transaction.
 
     None when another worker made it first (the unique index), when the schedule is
     paused or gone, or (``skip_if_newer``: catch-up ``latest``) when a later tick
-    already has a round. Scheduled rounds never reuse stored results.
+    already has a round. Scheduled rounds never reuse stored results. Its requests
+    travel as the schedule's ``via`` says, else as ``modes`` (endpoint -> mode) says
+    of its batch's endpoint, else synchronously.
     """
 
     async def write() -> TickRound | None:
         async with engine.begin() as conn:
             schedule = (
                 await conn.execute(
-                    select(Schedule.batch_id, Schedule.paused_at, Schedule.samples).where(
-                        Schedule.id == schedule_id
-                    )
+                    select(
+                        Schedule.batch_id, Schedule.paused_at, Schedule.samples, Schedule.via
+                    ).where(Schedule.id == schedule_id)
                 )
             ).one_or_none()
             if schedule is None or schedule.paused_at is not None:
@@ -183,6 +193,10 @@ async def create_tick_round(
             ):
                 return None
             batch_id = int(schedule.batch_id)
+            via = schedule.via
+            if via is None:
+                endpoint = await batch_endpoint(conn, batch_id)
+                via = (modes or {}).get(endpoint or "", "sync")
             last = await conn.scalar(
                 select(func.coalesce(func.max(Round.number), 0)).where(Round.batch_id == batch_id)
             )
@@ -198,6 +212,7 @@ async def create_tick_round(
                     samples=schedule.samples,
                     schedule_id=schedule_id,
                     scheduled_for=scheduled_for,
+                    via=via,
                 )
                 .returning(Round.id)
             )
