@@ -7,12 +7,20 @@ with a ``type = "local"`` endpoint whose in-process Batch API has the knobs unde
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import sql, yaml_job
-from tests.replaykit import invoke
+from runner.db.engine import create_engine_async
+from runner.db.types import utcnow
+from runner.localmodel.batches import BatchOptions
+from runner.localmodel.server import ServerOptions, running_server
+from runner.submit import submit
+from tests.helpers import scalar, sql, yaml_job
+from tests.replaykit import invoke, remote
+from tests.schedulekit import run_workers, schedule_settings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -214,3 +222,40 @@ def test_a_scheduled_round_via_batch_gets_its_drift_report(db_url: str, tmp_path
     assert sql(db_url, "SELECT round_id, state, request_count FROM provider_batches") == [
         (2, "done", 4)
     ]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_racing_workers_never_put_a_run_in_two_provider_batches(
+    db_url: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "executed.jsonl"
+    options = ServerOptions(
+        port=0, log_level="warning", batches=BatchOptions(turnaround_ms=100, log=str(log))
+    )
+    engine = create_engine_async(db_url)
+    try:
+        with running_server(options) as url:
+            endpoint = replace(remote("serve", url), mode="batch", batch_max_requests=5)
+            settings = schedule_settings(db_url, endpoint)
+            settings = replace(settings, worker=replace(settings.worker, batch_poll_seconds=0.2))
+            job = yaml_job(tmp_path, 40, extra="endpoint: serve\n")
+            await submit(engine, job, settings)
+
+            async def done() -> bool:
+                return (
+                    await scalar(engine, "SELECT count(*) FROM runs WHERE state = 'succeeded'")
+                    == 40
+                )
+
+            await run_workers(engine, settings, utcnow, done, count=3)
+    finally:
+        await engine.dispose()
+    chunks = sql(db_url, "SELECT count(*), sum(request_count) FROM provider_batches")
+    assert chunks == [(8, 40)]
+    assert sql(
+        db_url,
+        "SELECT count(*), count(DISTINCT run_id) FROM attempts WHERE outcome = 'succeeded'",
+    ) == [(40, 40)]
+    executed = Counter(json.loads(line)["custom_id"] for line in log.read_text().splitlines())
+    assert len(executed) == 40 and max(executed.values()) == 1
