@@ -108,7 +108,10 @@ class Progress:
             f"{stats.retried} retries  {self.worker.rate_limited} x 429  {stats.failed} failed  "
             f"ETA {eta_text(eta)}"
         )
-        if self.worker.waiting:  # burst: nothing to claim yet, say why it has not exited
+        batches = self.worker.batches.summary() if self.worker.batches else None
+        if batches:  # batch rounds: what their provider batches are doing
+            footer += f" | {batches}"
+        elif self.worker.waiting:  # burst: nothing to claim yet, say why it has not exited
             footer += f" | {self.worker.waiting}"
         if self._live is not None:
             self._live.update(self._render(rounds, footer), refresh=True)

@@ -63,8 +63,9 @@ def _by_key(db_url: str, round_number: int) -> dict[str, tuple[object, ...]]:
 def test_a_batch_round_stores_what_a_sync_round_does(db_url: str, tmp_path: Path) -> None:
     _config(tmp_path)
     job = _job(tmp_path, 6)
-    code, out, err = invoke(db_url, "run", str(job))
+    code, out, err = invoke(db_url, "run", str(job), "--progress-interval", "0.05")
     assert code == 0, out + err
+    assert "| provider batches: 1 " in err  # the progress lines say what they wait for
     code, out, err = invoke(db_url, "replay", "1", "--via", "sync", "--work")
     assert code == 0, out + err
     batch, sync = _by_key(db_url, 1), _by_key(db_url, 2)

@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import tempfile
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -116,6 +117,13 @@ class BatchExecutor:
     def held(self) -> int:
         """Provider batches this worker advances now."""
         return len(self._held)
+
+    def summary(self) -> str | None:
+        """The provider batches it advances, by status (for the progress display)."""
+        if not self._held:
+            return None
+        states = Counter(c.provider_state or c.state for c in self._held.values())
+        return "provider batches: " + ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
 
     async def run(self) -> None:
         try:
