@@ -11,7 +11,10 @@ at them (half the synchronous price when none is set).
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
 
 import sqlalchemy as sa
 from alembic import op
@@ -64,8 +67,31 @@ NEW_COSTS = (
 )
 
 
+def _views_0005() -> ModuleType:
+    """The migration that made ``round_summary``: its text is the base of the new one."""
+    path = Path(__file__).with_name("0005_sql_views.py")
+    spec = importlib.util.spec_from_file_location("runner_migration_0005", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_LAST_COLUMN = "    c.mean_similarity AS mean_similarity\n"
+
+
+def _round_summary(with_via: bool) -> str:
+    views = _views_0005()
+    text: str = views.ROUND_SUMMARY.format(duration=views.DURATION[op.get_bind().dialect.name])
+    assert _LAST_COLUMN in text
+    if with_via:  # at the end: the view's earlier columns keep their places
+        text = text.replace(_LAST_COLUMN, _LAST_COLUMN.rstrip("\n") + ",\n    ro.via AS via\n")
+    return text
+
+
 def upgrade() -> None:
     op.execute("DROP VIEW round_costs")
+    op.execute("DROP VIEW round_summary")
     # No CHECK: SQLite adds one only by copying the table, which its views refer to.
     op.add_column(
         "rounds", sa.Column("via", sa.String(length=10), nullable=False, server_default="sync")
@@ -110,10 +136,12 @@ def upgrade() -> None:
     op.create_index("ix_provider_batches_claim", "provider_batches", ["state", "lease_expires_at"])
     op.create_index("ix_provider_batches_round", "provider_batches", ["round_id"])
     op.execute(NEW_COSTS)
+    op.execute(_round_summary(with_via=True))
 
 
 def downgrade() -> None:
     op.execute("DROP VIEW round_costs")
+    op.execute("DROP VIEW round_summary")
     op.drop_index("ix_provider_batches_round", table_name="provider_batches")
     op.drop_index("ix_provider_batches_claim", table_name="provider_batches")
     op.drop_table("provider_batches")
@@ -123,3 +151,4 @@ def downgrade() -> None:
     op.drop_column("runs", "via")
     op.drop_column("rounds", "via")
     op.execute(OLD_COSTS)
+    op.execute(_round_summary(with_via=False))

@@ -76,6 +76,10 @@ def test_a_batch_round_stores_what_a_sync_round_does(db_url: str, tmp_path: Path
         (1, "batch"),
         (2, "sync"),
     ]
+    assert sql(db_url, "SELECT round_number, via FROM round_summary ORDER BY 1") == [
+        (1, "batch"),
+        (2, "sync"),
+    ]
     # Round 1's tries went as lines of one provider batch; round 2's one by one.
     workers = sql(
         db_url,
