@@ -141,18 +141,28 @@ async def claim_chunk(
     scope = _batch_runs(round_ids, exclude_endpoints)
     queued = (Run.state == RunState.QUEUED.value, Run.available_at <= now)
 
-    def transaction(conn: Connection) -> Chunk | None:
-        found = conn.execute(
-            select(Run.round_id, sent_endpoint())
-            .join(Job, Job.id == Run.job_id)
-            .join(Round, Round.id == Run.round_id)
-            .where(*queued, *scope)
-            .order_by(Run.available_at, Run.id)
-            .limit(1)
-        ).one_or_none()
-        if found is None:
+    # Looked up outside the write transaction: an idle worker takes no write lock.
+    async with engine.connect() as conn:
+        # Most databases have no batch round: then one look at the (small) rounds table.
+        if (
+            await conn.execute(select(Round.id).where(Round.via == Via.BATCH.value).limit(1))
+        ).first() is None:
             return None
-        round_id, endpoint = int(found[0]), str(found[1])
+        found = (
+            await conn.execute(
+                select(Run.round_id, sent_endpoint())
+                .join(Job, Job.id == Run.job_id)
+                .join(Round, Round.id == Run.round_id)
+                .where(*queued, *scope)
+                .order_by(Run.available_at, Run.id)
+                .limit(1)
+            )
+        ).one_or_none()
+    if found is None:
+        return None
+    round_id, endpoint = int(found[0]), str(found[1])
+
+    def transaction(conn: Connection) -> Chunk | None:
         chunk_id = conn.execute(
             insert(ProviderBatch)
             .values(
@@ -214,18 +224,23 @@ async def take_over_chunks(
 ) -> list[Chunk]:
     """Unfinished chunks whose worker's lease ran out (it died, or stopped): now ours."""
     rounds = true() if round_ids is None else ProviderBatch.round_id.in_(list(round_ids))
+    left = (
+        ProviderBatch.state != ProviderBatchState.DONE.value,
+        ProviderBatch.lease_expires_at < now,
+        rounds,
+    )
     expired = (
         select(ProviderBatch.id)
-        .where(
-            ProviderBatch.state != ProviderBatchState.DONE.value,
-            ProviderBatch.lease_expires_at < now,
-            rounds,
-        )
+        .where(*left)
         .order_by(ProviderBatch.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
         .scalar_subquery()
     )
+
+    async with engine.connect() as conn:  # an idle worker takes no write lock
+        if (await conn.execute(select(ProviderBatch.id).where(*left).limit(1))).first() is None:
+            return []
 
     def transaction(conn: Connection) -> list[Chunk]:
         rows = conn.execute(
