@@ -335,6 +335,12 @@ class EndpointClient:
             raise
         return self._redact.completion(completion)
 
+    @property
+    def sdk(self) -> openai.AsyncOpenAI:
+        """The endpoint's SDK client, for the calls ``chat`` does not make (the Batch API's
+        files and batches); it has ``max_retries=0`` like every call here."""
+        return self._client
+
     async def aclose(self) -> None:
         await self._client.close()
         if self._service is not None:  # stops the local Batch API's running batches

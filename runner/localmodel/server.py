@@ -388,6 +388,8 @@ def run_server(options: ServerOptions) -> None:
         f"http://{options.host}:{options.port}/v1",
         file=sys.stderr,
     )
+    if options.batches.dir is not None:
+        service.batches.resume()  # batches a killed server left run on here
     logger = logging.getLogger("uvicorn.error")
     logger.addFilter(_DROP_FILTER)
     try:
