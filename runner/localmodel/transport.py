@@ -14,6 +14,10 @@ parses every response itself; only the network hop is replaced by a direct call:
 
 The model runs inline in the calling task: a typical completion takes well under a
 millisecond, less than a thread hand-off would cost.
+
+A file's content (the Batch API's downloads) streams from disk in chunks; an upload is
+read whole, as every in-process body is (``runner serve`` streams uploads to disk).
+Batches run in a background thread of the service; ``LocalModelService.close`` stops them.
 """
 
 from __future__ import annotations

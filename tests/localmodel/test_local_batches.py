@@ -405,3 +405,40 @@ def test_bad_serve_batch_flags_exit_2(tmp_path: Path, args: list[str], error: st
     result = in_process("serve", *args, cwd=tmp_path)
     assert result.returncode == 2
     assert error in result.stderr
+
+
+@asynccontextmanager
+async def sdk_of(service: LocalModelService) -> AsyncIterator[openai.AsyncOpenAI]:
+    http = httpx2.AsyncClient(transport=LocalTransport(service))
+    async with openai.AsyncOpenAI(
+        base_url=LOCAL_BASE_URL, api_key="local", max_retries=0, http_client=http
+    ) as client:
+        yield client
+
+
+async def test_a_shared_batch_dir_hands_batches_between_processes(tmp_path: Path) -> None:
+    """Two services on one batch_dir stand for two processes (flocks of two open files
+    exclude each other even in one process): the other one sees a batch, cancels it
+    through its owner, and takes over one whose owner stopped."""
+    slow = BatchOptions(dir=str(tmp_path), turnaround_ms=600_000)
+    owner = LocalModelService(noise_seed=1, batches=slow)
+    other = LocalModelService(
+        noise_seed=1, batches=BatchOptions(dir=str(tmp_path), turnaround_ms=5)
+    )
+    try:
+        async with sdk_of(owner) as first, sdk_of(other) as second:
+            cancelled = await submit(first, [chat_line(i) for i in range(3)])
+            orphan = await submit(first, [chat_line(i) for i in range(4)])
+            seen = await second.batches.retrieve(cancelled.id)
+            assert seen.status in ("validating", "in_progress")
+            assert (await second.batches.cancel(cancelled.id)).status == "cancelling"
+            assert (await finish(first, cancelled)).status == "cancelled"
+            assert (await finish(second, seen)).status == "cancelled"
+            await anyio.to_thread.run_sync(owner.close)  # the owner's process ends
+            done = await finish(second, orphan)
+            output = await lines_of(second, done.output_file_id)
+    finally:
+        owner.close()
+        other.close()
+    assert done.status == "completed"
+    assert sorted(line["custom_id"] for line in output) == [f"run-{i}" for i in range(4)]
