@@ -374,6 +374,7 @@ async def test_the_endpoint_config_drives_the_in_process_batch_api(tmp_path: Pat
         (["batch_turnaround_ms = -1"], "local", "batchy.batch_turnaround_ms: must be"),
         (["batch_max_requests = 0"], "local", "batchy.batch_max_requests: must be an integer"),
         (['batch_log = ""'], "local", "batchy.batch_log: must be a non-empty string"),
+        (['batch_fail_validation = ": no code"'], "local", "batchy.batch_fail_validation: must"),
         (['batch_dir = "/tmp"'], "openai", "batchy.batch_dir: only a type = 'local'"),
     ],
 )
