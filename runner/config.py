@@ -368,9 +368,12 @@ def _parse_batch_keys(raw: Mapping[str, Any], etype: str, where: str) -> dict[st
             values[key] = _number(raw[key], f"{where}.{key}", minimum=1, integer=True)
     for key in ("batch_dir", "batch_fail_validation", "batch_log"):
         if key in raw:
-            if not isinstance(raw[key], str) or not raw[key].strip():
+            value = raw[key]
+            # batch_fail_validation is "code" or "code: message": the code must be there.
+            text = str(value).split(":")[0] if key == "batch_fail_validation" else str(value)
+            if not isinstance(value, str) or not text.strip():
                 raise ConfigError(f"{where}.{key}: must be a non-empty string")
-            values[key] = raw[key]
+            values[key] = value
     if "batch_turnaround_ms" in raw:
         at = f"{where}.batch_turnaround_ms"
         values["batch_turnaround_ms"] = float(_number(raw["batch_turnaround_ms"], at, minimum=0))

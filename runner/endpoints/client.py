@@ -357,7 +357,9 @@ class EndpointClient:
 
     @property
     def sdk(self) -> openai.AsyncOpenAI:
-        """The SDK client itself, for the Batch API (``runner.endpoints.batch``)."""
+        """The endpoint's SDK client, for the calls ``chat`` does not make (the Batch API's
+        files and batches, ``runner.endpoints.batch``); it has ``max_retries=0`` like every
+        call here."""
         return self._client
 
     @property

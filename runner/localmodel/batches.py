@@ -35,9 +35,11 @@ from urllib.parse import parse_qs
 
 from runner.localmodel.batchinput import (
     BATCH_ENDPOINTS,
+    ScannedInput,
     execute_line,
     injected_error_line,
     read_line,
+    resume_partial,
     scan_input,
     unprocessed_line,
 )
@@ -93,6 +95,8 @@ class _Batch:
     shuffle_seed: int
     cancel: bool = False
     future: Future[None] | None = field(default=None, repr=False)
+    lock_fd: int | None = None  # flock held while this process runs the batch
+    unspawned: bool = False  # to be started in the portal (never under the engine's lock)
 
 
 def _page(items: list[dict[str, Any]], more: bool) -> dict[str, Any]:
@@ -137,6 +141,8 @@ class BatchEngine:
         self._shuffle_rng = random.Random(None if seed is None else f"batch-shuffle:{seed}")
         self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
         self._portal: BlockingPortal | None = None
+        self._portal_lock = threading.Lock()
+        self.resume()
 
     # -- routes -------------------------------------------------------------------------
 
@@ -241,29 +247,35 @@ class BatchEngine:
         }
         with self._lock:
             batch = _Batch(card, now, self._shuffle_rng.getrandbits(63))
-            self._batches[card["id"]] = batch
             self._save(batch)
-            batch.future = self._start_portal().start_task_soon(self._run, batch)
-            return dict(card)
+            fd = self._claim(card["id"])
+            assert fd is not None  # a new batch: nobody else knows it
+            self._start(batch, fd)
+            shown = dict(card)
+        self._spawn()
+        return shown
 
     def retrieve(self, batch_id: str) -> dict[str, Any]:
         with self._lock:
-            batch = self._batches.get(batch_id)
-            if batch is not None:
-                return json.loads(json.dumps(batch.card))  # type: ignore[no-any-return]
-        return self._load(batch_id).card
+            batch = self._batches.get(batch_id) or self._take_over(batch_id)
+            shown: dict[str, Any] = json.loads(json.dumps(batch.card))
+        self._spawn()
+        return shown
 
     def cancel(self, batch_id: str) -> dict[str, Any]:
+        try:
+            return self._cancel(batch_id)
+        finally:
+            self._spawn()
+
+    def _cancel(self, batch_id: str) -> dict[str, Any]:
         with self._lock:
-            batch = self._batches.get(batch_id)
-            if batch is None:
-                self._load(batch_id)  # 404 if there is no such batch
-                raise RequestError(
-                    f"Batch {batch_id} is not run by this server and cannot be cancelled here.",
-                    status=409,
-                    type_="invalid_request_error",
-                )
+            batch = self._batches.get(batch_id) or self._take_over(batch_id)
             status = batch.card["status"]
+            if batch_id not in self._batches and status in ACTIVE:
+                # Another live process runs it: it sees the marker at its next line.
+                (self._dir / f"{batch_id}.cancel").touch()
+                return batch.card | {"status": "cancelling", "cancelling_at": int(time.time())}
             if status in ("validating", "in_progress", "finalizing"):
                 batch.cancel = True
                 self._set(batch, "cancelling")
@@ -325,15 +337,67 @@ class BatchEngine:
         with self._lock:
             self._set(batch, status, **fields)
 
+    def _take_over(self, batch_id: str) -> _Batch:
+        """The stored batch; one whose process is gone (its lock is free) is resumed here,
+        as a provider keeps running batches whatever happens to its clients (call with the
+        lock held)."""
+        batch = self._load(batch_id)
+        if batch.card["status"] in ACTIVE and (fd := self._claim(batch_id)) is not None:
+            batch = self._load(batch_id)  # again under the flock: its owner may just have ended
+            if batch.card["status"] in ACTIVE:
+                self._start(batch, fd)
+            else:
+                os.close(fd)
+        return batch
+
+    def resume(self) -> None:
+        """Run every batch of the directory that no live process runs (a server or client
+        that was killed left it): a provider keeps its batches running."""
+        with self._lock:
+            for entry in os.scandir(self._dir):
+                batch_id = entry.name.removesuffix(".json")
+                if entry.name.endswith(".json") and batch_id not in self._batches:
+                    self._take_over(batch_id)
+        self._spawn()
+
+    def _claim(self, batch_id: str) -> int | None:
+        """The batch's flock (a file descriptor), or None if a live process holds it."""
+        import fcntl
+
+        fd = os.open(self._dir / f"{batch_id}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _start(self, batch: _Batch, fd: int) -> None:
+        """Run ``batch`` here, holding its flock ``fd`` (call with the lock held)."""
+        batch.lock_fd = fd
+        batch.unspawned = True
+        self._batches[batch.card["id"]] = batch
+
+    def _spawn(self) -> None:
+        """Start the tasks of batches ``_start`` took on. Never under the engine's lock: a
+        running task may wait for the lock, and the portal for that task."""
+        with self._lock:
+            batches = [b for b in self._batches.values() if b.unspawned]
+            for batch in batches:
+                batch.unspawned = False
+        for batch in batches:
+            batch.future = self._start_portal().start_task_soon(self._run, batch)
+
     # -- the background task ------------------------------------------------------------
 
     def _start_portal(self) -> BlockingPortal:
-        if self._portal is None:
-            from anyio.from_thread import start_blocking_portal
+        with self._portal_lock:
+            if self._portal is None:
+                from anyio.from_thread import start_blocking_portal
 
-            self._portal_cm = start_blocking_portal(name="runner-local-batches")
-            self._portal = self._portal_cm.__enter__()
-        return self._portal
+                self._portal_cm = start_blocking_portal(name="runner-local-batches")
+                self._portal = self._portal_cm.__enter__()
+            return self._portal
 
     async def _run(self, batch: _Batch) -> None:
         try:
@@ -341,59 +405,88 @@ class BatchEngine:
         except Exception as exc:  # a bug fails the batch, as a provider would
             error = {"code": "server_error", "message": repr(exc), "param": None, "line": None}
             self._transition(batch, "failed", errors={"object": "list", "data": [error]})
+        finally:
+            if batch.lock_fd is not None:
+                os.close(batch.lock_fd)  # releases the flock
+                batch.lock_fd = None
+
+    def _check_cancel(self, batch: _Batch) -> bool:
+        """Whether the batch is to stop; picks up a cancel another process asked for."""
+        if not batch.cancel and (self._dir / f"{batch.card['id']}.cancel").exists():
+            with self._lock:
+                batch.cancel = True
+                if batch.card["status"] != "cancelling":
+                    self._set(batch, "cancelling")
+        return batch.cancel
 
     async def _pause(self, batch: _Batch, until: float) -> None:
         import anyio
 
         # A poll, not an Event: cancel() sets the flag from the server's or client's thread.
-        while not batch.cancel and (left := until - time.monotonic()) > 0:  # noqa: ASYNC110
+        while not self._check_cancel(batch) and (left := until - time.monotonic()) > 0:  # noqa: ASYNC110
             await anyio.sleep(min(left, 0.02))
+
+    async def _validate(self, batch: _Batch, path: Path) -> ScannedInput | None:
+        """The scanned input, or None when the batch failed validation."""
+        import anyio.to_thread
+
+        options, card = self._options, batch.card
+        if options.fail_validation is not None:
+            code, _, message = options.fail_validation.partition(":")
+            scanned = ScannedInput()
+            scanned.fail(code.strip(), message.strip() or code.strip())
+        else:
+            scanned = await anyio.to_thread.run_sync(
+                scan_input, path, card["endpoint"], options.max_requests, options.max_bytes
+            )
+        if scanned.errors:
+            self._transition(batch, "failed", errors={"object": "list", "data": scanned.errors})
+            return None
+        return scanned
 
     async def _process(self, batch: _Batch) -> None:
         import anyio.lowlevel
-        import anyio.to_thread
         import numpy as np
 
-        options, card = self._options, batch.card
+        options, card, batch_id = self._options, batch.card, batch.card["id"]
         input_path = self.files.data_path(card["input_file_id"])
-        if options.fail_validation is not None:
-            code, _, message = options.fail_validation.partition(":")
-            error = {"code": code.strip(), "message": message.strip() or code.strip()}
-            errors = [error | {"param": None, "line": None}]
-        else:
-            scanned = await anyio.to_thread.run_sync(
-                scan_input, input_path, card["endpoint"], options.max_requests, options.max_bytes
-            )
-            errors = scanned.errors
-        if errors:
-            self._transition(batch, "failed", errors={"object": "list", "data": errors})
+        scanned = await self._validate(batch, input_path)
+        if scanned is None:
             return
         offsets, total = scanned.offsets, len(scanned.offsets)
-        counts = {"total": total, "completed": 0, "failed": 0}
-        self._transition(batch, "in_progress", model=scanned.model, request_counts=counts)
-        started = time.monotonic()
-        await self._pause(batch, started + options.turnaround_ms / 2000)
-        order = np.random.default_rng(batch.shuffle_seed).permutation(total).tolist()
-        cut = total - math.ceil(total * options.expire_fraction)
-        batch_id = card["id"]
         paths = {
             "output_file_id": self.files.dir / f"{batch_id}.output.partial",
             "error_file_id": self.files.dir / f"{batch_id}.errors.partial",
         }
+        # A batch taken over from a process that died keeps the lines it finished.
+        done_ids, completed, failed = resume_partial(*paths.values())
+        counts = {"total": total, "completed": completed, "failed": failed}
+        with self._lock:
+            card.update(model=scanned.model, request_counts=counts)
+            batch.cancel = batch.cancel or card["status"] == "cancelling"
+            if not batch.cancel:
+                self._set(batch, "in_progress")
+        started = time.monotonic()
+        await self._pause(batch, started + options.turnaround_ms / 2000)
+        order = np.random.default_rng(batch.shuffle_seed).permutation(total).tolist()
+        cut = total - math.ceil(total * options.expire_fraction)
         with ExitStack() as stack:
             source = stack.enter_context(input_path.open("rb"))
-            out = stack.enter_context(paths["output_file_id"].open("wb"))
-            err = stack.enter_context(paths["error_file_id"].open("wb"))
+            # Unbuffered: a line written is kept even if the process is killed next.
+            out = stack.enter_context(paths["output_file_id"].open("ab", buffering=0))
+            err = stack.enter_context(paths["error_file_id"].open("ab", buffering=0))
             done = 0
-            while done < cut and not batch.cancel:
+            while done < cut and not self._stopping(batch, done):
                 record = read_line(source, offsets[order[done]])
+                done += 1
+                if record["custom_id"] in done_ids:
+                    continue
                 ok, line = self._execute(record)
-                self._log(batch_id, record["custom_id"])
                 (out if ok else err).write(line)
+                self._log(batch_id, record["custom_id"])
                 with self._lock:
                     counts["completed" if ok else "failed"] += 1
                     card["request_counts"] = dict(counts)
-                    done += 1
                     if done % _SAVE_EVERY == 0:
                         self._save(batch)
                 await anyio.lowlevel.checkpoint()
@@ -402,22 +495,28 @@ class BatchEngine:
                 why = "cancelled" if batch.cancel else "expired" if done < total else None
                 if why != "cancelled":
                     self._set(batch, "finalizing")
-            if why is not None:
-                for index in order[done:]:
-                    custom_id = read_line(source, offsets[index])["custom_id"]
-                    err.write(unprocessed_line(custom_id, why))
-        ids: dict[str, str | None] = {}
-        for key, path in paths.items():
-            if path.stat().st_size == 0:
-                path.unlink()
-                ids[key] = None
-            else:
-                file_id = "file-" + secrets.token_hex(12)
-                name = "batch_output.jsonl" if key == "output_file_id" else "batch_errors.jsonl"
-                self.files.adopt(path, file_id, name, "batch_output")
-                ids[key] = file_id
+            for index in order[done:] if why else ():
+                custom_id = read_line(source, offsets[index])["custom_id"]
+                if custom_id not in done_ids:
+                    err.write(unprocessed_line(custom_id, why or ""))
+        ids = {key: self._publish(path, key) for key, path in paths.items()}
         with self._lock:
             self._set(batch, "cancelled" if batch.cancel else why or "completed", **ids)
+        (self._dir / f"{batch_id}.cancel").unlink(missing_ok=True)
+
+    def _stopping(self, batch: _Batch, done: int) -> bool:
+        # The marker of a cancel from another process is looked for every 64 lines.
+        return batch.cancel or (done % 64 == 0 and self._check_cancel(batch))
+
+    def _publish(self, path: Path, key: str) -> str | None:
+        """A finished result file as a file of the store (None if it is empty)."""
+        if path.stat().st_size == 0:
+            path.unlink()
+            return None
+        file_id = "file-" + secrets.token_hex(12)
+        name = "batch_output.jsonl" if key == "output_file_id" else "batch_errors.jsonl"
+        self.files.adopt(path, file_id, name, "batch_output")
+        return file_id
 
     def _execute(self, record: dict[str, Any]) -> tuple[bool, bytes]:
         rate = self._options.line_error_rate
@@ -447,8 +546,9 @@ class BatchEngine:
             futures = [b.future for b in self._batches.values() if b.future is not None]
         for future in futures:
             future.cancel()
-        if self._portal_cm is not None:
-            self._portal_cm.__exit__(None, None, None)
-            self._portal_cm = self._portal = None
+        with self._portal_lock:
+            if self._portal_cm is not None:
+                self._portal_cm.__exit__(None, None, None)
+                self._portal_cm = self._portal = None
         if self._tmp is not None:
             self._tmp.cleanup()

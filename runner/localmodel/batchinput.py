@@ -29,6 +29,7 @@ __all__ = [
     "execute_line",
     "injected_error_line",
     "read_line",
+    "resume_partial",
     "scan_input",
     "unprocessed_line",
 ]
@@ -217,3 +218,31 @@ def unprocessed_line(custom_id: str, why: str) -> bytes:
     """The error-file line of a request never executed (``why``: expired or cancelled)."""
     code, message = UNPROCESSED[why]
     return _line(custom_id, b"null", {"code": code, "message": message})
+
+
+def _kept_lines(path: Path) -> list[dict[str, Any]]:
+    """The executed lines of a partial result file; cuts off a torn last line and the
+    unprocessed lines (written only at the end) so the file can be appended to again."""
+    if not path.exists():
+        return []
+    kept, end = [], 0
+    with path.open("rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                break
+            record = json.loads(raw)
+            if record.get("error") is not None:
+                break
+            kept.append(record)
+            end += len(raw)
+    with path.open("r+b") as handle:
+        handle.truncate(end)
+    return kept
+
+
+def resume_partial(output: Path, errors: Path) -> tuple[set[str], int, int]:
+    """What a batch's partial output and error files already hold: the custom_ids done,
+    and how many succeeded and failed."""
+    succeeded, failed = _kept_lines(output), _kept_lines(errors)
+    done = {line["custom_id"] for line in succeeded} | {line["custom_id"] for line in failed}
+    return done, len(succeeded), len(failed)

@@ -25,7 +25,6 @@ import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -37,8 +36,6 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from runner.localmodel.batches import BatchOptions
-from runner.localmodel.files import Upload
-from runner.localmodel.params import RequestError
 from runner.localmodel.service import (
     MODEL_ID,
     LocalModelService,
@@ -273,31 +270,6 @@ def _fault_response(kind: str, hang_s: float, rng: random.Random) -> Response:
     )
 
 
-async def _upload(
-    service: LocalModelService, request: Request, content_type: str | None
-) -> LocalResponse:
-    """``POST /v1/files``: the body streams to disk as it arrives, whatever its size."""
-    error: RequestError | None = None
-    target: Upload | None = None
-    try:
-        target = service.batches.upload(content_type)
-        async for chunk in request.stream():
-            target.feed(chunk)
-    except RequestError as exc:
-        error = exc
-    except BaseException:  # the client went away: keep no half-written file
-        if target is not None:
-            target.discard()
-        raise
-
-    def finish() -> dict[str, Any]:
-        if error is not None or target is None:
-            raise error or RequestError("The upload could not be read.")
-        return target.finish().card()
-
-    return service.respond(finish)
-
-
 def create_app(options: ServerOptions, service: LocalModelService | None = None) -> Starlette:
     """The ASGI app: limits, latency and faults in front of the service."""
     service = service if service is not None else options.service()
@@ -309,7 +281,7 @@ def create_app(options: ServerOptions, service: LocalModelService | None = None)
     async def answer(request: Request, method: str, path: str) -> LocalResponse:
         content_type = request.headers.get("content-type")
         if method == "POST" and route_of(path) == "/files":
-            return await _upload(service, request, content_type)
+            return await service.upload(content_type, request.stream())
         body = await request.body()
         if service.estimate_tokens(method, path, body) > _OFFLOAD_TOKENS:
             return await anyio.to_thread.run_sync(service.handle, method, path, body, content_type)
@@ -388,6 +360,8 @@ def run_server(options: ServerOptions) -> None:
         f"http://{options.host}:{options.port}/v1",
         file=sys.stderr,
     )
+    if options.batches.dir is not None:
+        service.batches.resume()  # batches a killed server left run on here
     logger = logging.getLogger("uvicorn.error")
     logger.addFilter(_DROP_FILTER)
     try:

@@ -35,7 +35,7 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,6 +59,7 @@ from runner.localmodel.tokenizer import count_tokens, tokenize
 
 if TYPE_CHECKING:
     from runner.localmodel.batches import BatchEngine, BatchOptions
+    from runner.localmodel.files import Upload
 
 __all__ = [
     "CONTEXT_WINDOW",
@@ -294,6 +295,29 @@ class LocalModelService:
         if route.split("/")[1] in ("files", "batches"):
             return self.batches.handle(method, route, path, body, content_type)
         raise RequestError(f"Invalid URL ({method} {path})", status=404)
+
+    async def upload(self, content_type: str | None, chunks: AsyncIterable[bytes]) -> LocalResponse:
+        """``POST /v1/files`` with the body as it arrives: it streams to disk, whatever its
+        size (``handle`` takes the same upload as one body)."""
+        error: RequestError | None = None
+        target: Upload | None = None
+        try:
+            target = self.batches.upload(content_type)
+            async for chunk in chunks:
+                target.feed(chunk)
+        except RequestError as exc:
+            error = exc
+        except BaseException:  # the client went away: keep no half-written file
+            if target is not None:
+                target.discard()
+            raise
+
+        def finish() -> dict[str, Any]:
+            if error is not None or target is None:
+                raise error or RequestError("The upload could not be read.")
+            return target.finish().card()
+
+        return self.respond(finish)
 
     def respond(self, answer: Callable[[], dict[str, Any] | Path]) -> LocalResponse:
         """``answer()`` as a response: a payload as JSON, a Path as a file's content,

@@ -14,16 +14,20 @@ parses every response itself; only the network hop is replaced by a direct call:
 
 The model runs inline in the calling task: a typical completion takes well under a
 millisecond, less than a thread hand-off would cost.
+
+A file's content (the Batch API's downloads) streams from disk in chunks, and the async
+transport streams uploads to disk as ``runner serve`` does.
+Batches run in a background thread of the service; ``LocalModelService.close`` stops them.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx2
 
-from runner.localmodel.service import LocalModelService, LocalResponse
+from runner.localmodel.service import LocalModelService, LocalResponse, route_of
 
 __all__ = ["LOCAL_BASE_URL", "LocalSyncTransport", "LocalTransport"]
 
@@ -70,6 +74,12 @@ class LocalTransport(httpx2.AsyncBaseTransport):
         self.service = service if service is not None else LocalModelService()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "POST" and route_of(request.url.path) == "/files":
+            stream = request.stream
+            assert isinstance(stream, AsyncIterable)  # an AsyncClient's request
+            content_type = request.headers.get("content-type")
+            answer = await self.service.upload(content_type, stream)
+            return _to_httpx(request, answer, sync=False)
         body = await request.aread()
         return _to_httpx(request, _answer(self.service, request, body), sync=False)
 
