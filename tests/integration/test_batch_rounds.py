@@ -264,3 +264,16 @@ async def test_racing_workers_never_put_a_run_in_two_provider_batches(
     ) == [(40, 40)]
     executed = Counter(json.loads(line)["custom_id"] for line in log.read_text().splitlines())
     assert len(executed) == 40 and max(executed.values()) == 1
+
+
+def test_verify_via_batch_runs_every_round_through_the_batch_api(
+    db_url: str, tmp_path: Path
+) -> None:
+    _config(tmp_path, mode="sync")
+    code, out, err = invoke(
+        db_url, "verify", str(_job(tmp_path, 3)), "--times", "2", "--via", "batch"
+    )
+    assert code == 0, out + err
+    assert sql(db_url, "SELECT DISTINCT via FROM rounds") == [("batch",)]
+    assert sql(db_url, "SELECT count(*), sum(request_count) FROM provider_batches") == [(2, 6)]
+    assert sql(db_url, "SELECT count(*) FROM runs WHERE state = 'succeeded'") == [(6,)]
