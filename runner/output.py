@@ -44,6 +44,8 @@ def batches_text(batches: Sequence[BatchLine]) -> str:
             last = f"#{b.last_round}: {done}/{sum(counts.values())} done" + (
                 f", {failed} failed" if failed else ""
             )
+        if b.batch_rounds:  # which went through the Batch API
+            last += f" ({b.batch_rounds} via batch)"
         lines.append(
             f"{b.id:>4}  {b.name:{wide}} {b.job_count:>7} {b.rounds:>6}  {last:34} "
             f"{b.last_fingerprint or '-'}"

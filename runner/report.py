@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runner.config import Price
@@ -334,6 +334,7 @@ class BatchLine:
     last_round: int | None
     last_round_counts: dict[str, int]
     last_fingerprint: str | None
+    batch_rounds: int = 0  # rounds sent through the Batch API (``rounds.via``)
 
 
 async def list_batches(conn: AsyncConnection, limit: int = 50) -> list[BatchLine]:
@@ -343,9 +344,12 @@ async def list_batches(conn: AsyncConnection, limit: int = 50) -> list[BatchLine
         select(Batch).where(Batch.pending_until.is_(None)).order_by(Batch.id.desc()).limit(limit)
     )
     for batch in batches:
+        via_batch = func.sum(case((Round.via == "batch", 1), else_=0))
         rounds = (
             await conn.execute(
-                select(func.count(), func.max(Round.number)).where(Round.batch_id == batch.id)
+                select(func.count(), func.max(Round.number), via_batch).where(
+                    Round.batch_id == batch.id
+                )
             )
         ).one()
         counts: dict[str, int] = {}
@@ -376,6 +380,7 @@ async def list_batches(conn: AsyncConnection, limit: int = 50) -> list[BatchLine
                 rounds[1],
                 counts,
                 fingerprint,
+                int(rounds[2] or 0),
             )
         )
     return lines

@@ -100,6 +100,7 @@ def test_a_batch_round_stores_what_a_sync_round_does(db_url: str, tmp_path: Path
     code, out, _ = invoke(db_url, "status", "1")
     assert "round 1 (submit, via the Batch API): 6/6 done" in out
     assert "provider batches: 1 done (6 lines)" in out
+    assert "#2: 6/6 done (1 via batch)" in invoke(db_url, "batches")[1]
     code, out, _ = invoke(db_url, "status", "1", "--format", "json")
     rounds = json.loads(out)[0]["rounds"]
     assert [r["via"] for r in rounds] == ["batch", "sync"]
