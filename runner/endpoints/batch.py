@@ -56,6 +56,7 @@ class ProviderBatch:
     total: int | None
     metadata: dict[str, str]
     errors: str | None  # a failed batch's ``errors`` (validation), as JSON text
+    created_at: float | None = None  # Unix seconds
 
     @property
     def ended(self) -> bool:
@@ -77,6 +78,7 @@ def _batch(found: Any) -> ProviderBatch:
         total=getattr(counts, "total", None),
         metadata=dict(getattr(found, "metadata", None) or {}),
         errors=json.dumps([e.model_dump(exclude_none=True) for e in data]) if data else None,
+        created_at=getattr(found, "created_at", None),
     )
 
 
@@ -124,8 +126,12 @@ class BatchAPI:
     async def cancel(self, batch_id: str) -> ProviderBatch:
         return _batch(await self._call(lambda: self._sdk.batches.cancel(batch_id)))
 
-    async def find(self, metadata: dict[str, str], file_id: str) -> ProviderBatch | None:
-        """The batch whose metadata holds ``metadata`` or whose input is ``file_id``."""
+    async def find(
+        self, metadata: dict[str, str], file_id: str, *, since: float | None = None
+    ) -> ProviderBatch | None:
+        """The batch whose metadata holds ``metadata`` or whose input is ``file_id``;
+        the list is newest first, so it stops at batches created before ``since``
+        (Unix seconds, the upload: none older can use the file)."""
 
         async def go() -> ProviderBatch | None:
             async for found in self._sdk.batches.list(limit=LIST_PAGE):
@@ -133,6 +139,9 @@ class BatchAPI:
                 mine = all(batch.metadata.get(k) == v for k, v in metadata.items())
                 if mine or batch.input_file_id == file_id:
                     return batch
+                older = batch.created_at is not None and batch.created_at < (since or 0)
+                if since is not None and older:
+                    return None
             return None
 
         return await self._call(go)

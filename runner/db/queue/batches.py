@@ -79,6 +79,7 @@ class Chunk:
     state: str
     request_count: int
     input_file_id: str | None
+    uploaded_at: datetime | None
     provider_batch_id: str | None
     submitted_at: datetime | None
     provider_state: str | None
@@ -99,6 +100,7 @@ _CHUNK_COLUMNS = (
     ProviderBatch.state,
     ProviderBatch.request_count,
     ProviderBatch.input_file_id,
+    ProviderBatch.uploaded_at,
     ProviderBatch.provider_batch_id,
     ProviderBatch.submitted_at,
     ProviderBatch.provider_state,

@@ -59,6 +59,7 @@ STORE_LINES = 500  # result lines stored per transaction
 FIRST_POLL_SECONDS = 0.2  # a new provider batch is polled after this, then less often
 POLL_GROWTH = 1.5
 ERROR_PAUSE_SECONDS = 5.0  # a provider call that failed (retryably) is tried again after this
+FIND_SLACK_SECONDS = 600  # clocks of ours and the provider's may differ by this much
 # A testing aid (tests/integration/test_batch_crash.py): the worker kills itself with
 # SIGKILL at this point of a chunk, to test that another worker takes it over.
 KILL_AT_ENV = "RUNNER_TEST_BATCH_KILL_AT"
@@ -108,6 +109,7 @@ class BatchExecutor:
         self._held: dict[int, Chunk] = {}
         self._due: dict[int, float] = {}  # chunk id -> anyio time of its next step
         self._wait: dict[int, float] = {}  # chunk id -> its current poll interval
+        self._uploaded: set[int] = set()  # chunks whose input this worker uploaded
         self._last_renewal = anyio.current_time()
         self._tmp = Path(tempfile.gettempdir())
 
@@ -314,6 +316,7 @@ class BatchExecutor:
         finally:
             path.unlink(missing_ok=True)
         _kill_point("after-upload")
+        self._uploaded.add(chunk.id)
         return await self._moved(
             chunk,
             ProviderBatchState.PREPARING,
@@ -329,12 +332,23 @@ class BatchExecutor:
 
     async def _create(self, api: BatchAPI, chunk: Chunk) -> bool:
         assert chunk.input_file_id is not None
-        # A worker may have died after creating it, before recording its id.
-        found = await api.find({"runner_chunk": str(chunk.id)}, chunk.input_file_id)
+        # A worker may have died after creating it, before recording its id (not this
+        # worker, which uploaded the file just now: then there is nothing to look for).
+        found = None
+        if chunk.id not in self._uploaded:
+            since = (
+                chunk.uploaded_at.timestamp() - FIND_SLACK_SECONDS if chunk.uploaded_at else None
+            )
+            found = await api.find(
+                {"runner_chunk": str(chunk.id)}, chunk.input_file_id, since=since
+            )
         if found is None:
             try:
                 found = await api.create(chunk.input_file_id, self._metadata(chunk))
             except EndpointError as exc:
+                # A timeout or a lost connection may hide a batch that was created: the
+                # next try looks for it first.
+                self._uploaded.discard(chunk.id)
                 if exc.status != 404:
                     raise
                 # The provider lost the file (the built-in model's, with the process
