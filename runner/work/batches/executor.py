@@ -110,7 +110,6 @@ class BatchExecutor:
         self._due: dict[int, float] = {}  # chunk id -> anyio time of its next step
         self._wait: dict[int, float] = {}  # chunk id -> its current poll interval
         self._uploaded: set[int] = set()  # chunks whose input this worker uploaded
-        self._last_renewal = anyio.current_time()
         self._tmp = Path(tempfile.gettempdir())
 
     # ------------------------------------------------------------ the loop
@@ -129,12 +128,15 @@ class BatchExecutor:
 
     async def run(self) -> None:
         try:
-            while not self._stop.is_set():
-                await self._renew()
-                await self._take_over()
-                await self._claim_new()
-                await self._advance_due()
-                await self._sleep(self._next_wake())
+            async with anyio.create_task_group() as group:
+                # Renewed beside the steps: an upload or a store may outlast a lease.
+                group.start_soon(self._renew_loop)
+                while not self._stop.is_set():
+                    await self._take_over()
+                    await self._claim_new()
+                    await self._advance_due()
+                    await self._sleep(self._next_wake())
+                group.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 ids = list(self._held)
@@ -155,10 +157,12 @@ class BatchExecutor:
         result: T = await self._db(what, fn)
         return result
 
+    async def _renew_loop(self) -> None:
+        while not self._stop.is_set():
+            await self._sleep(self.config.heartbeat_seconds)
+            await self._renew()
+
     async def _renew(self) -> None:
-        if anyio.current_time() - self._last_renewal < self.config.heartbeat_seconds * 0.5:
-            return
-        self._last_renewal = anyio.current_time()
         ids = list(self._held)
         kept = await self._step(
             "renewing provider batch leases",
