@@ -24,7 +24,7 @@ import pytest
 
 from runner.localmodel.batches import BatchOptions
 from runner.localmodel.server import ServerOptions, running_server
-from runner.work.batches.executor import KILL_AT_ENV
+from runner.work.batches.results import KILL_AT_ENV
 from tests.helpers import sql, yaml_job
 from tests.replaykit import invoke
 

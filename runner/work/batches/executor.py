@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -40,14 +39,14 @@ import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.config import EndpointConfig, Settings
-from runner.db.models import ProviderBatchState, Via
-from runner.db.queue import Outcome, record
+from runner.db.models import ProviderBatchState
 from runner.db.queue import batches as chunks
 from runner.db.queue.batches import Chunk
 from runner.endpoints import EndpointError, ErrorKind
-from runner.endpoints.batch import BatchAPI, ProviderBatch, line_result
+from runner.endpoints.batch import BatchAPI, ProviderBatch
 from runner.endpoints.client import EndpointPool
-from runner.work.batches.lines import Held, Turnaround, failure, success, write_input
+from runner.work.batches.lines import write_input
+from runner.work.batches.results import ChunkResults, kill_point
 from runner.work.stats import WorkerStats
 
 T = TypeVar("T")
@@ -55,28 +54,10 @@ T = TypeVar("T")
 Step = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 log = logging.getLogger("runner.worker")
 
-STORE_LINES = 500  # result lines stored per transaction
 FIRST_POLL_SECONDS = 0.2  # a new provider batch is polled after this, then less often
 POLL_GROWTH = 1.5
 ERROR_PAUSE_SECONDS = 5.0  # a provider call that failed (retryably) is tried again after this
 FIND_SLACK_SECONDS = 600  # clocks of ours and the provider's may differ by this much
-# A testing aid (tests/integration/test_batch_crash.py): the worker kills itself with
-# SIGKILL at this point of a chunk, to test that another worker takes it over.
-KILL_AT_ENV = "RUNNER_TEST_BATCH_KILL_AT"
-
-
-def _kill_point(point: str) -> None:
-    wanted = os.environ.get(KILL_AT_ENV, "")
-    if wanted.split(":")[0] == point:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _store_lines() -> int:
-    """Lines stored per transaction (the kill point ``mid-store:N`` makes it N)."""
-    wanted = os.environ.get(KILL_AT_ENV, "")
-    if wanted.startswith("mid-store:") and wanted.split(":")[1].isdigit():
-        return max(1, int(wanted.split(":")[1]))
-    return STORE_LINES
 
 
 class BatchExecutor:
@@ -110,6 +91,7 @@ class BatchExecutor:
         self._due: dict[int, float] = {}  # chunk id -> anyio time of its next step
         self._wait: dict[int, float] = {}  # chunk id -> its current poll interval
         self._uploaded: set[int] = set()  # chunks whose input this worker uploaded
+        self._results = ChunkResults(engine, self.config, stats, db)
         self._tmp = Path(tempfile.gettempdir())
 
     # ------------------------------------------------------------ the loop
@@ -292,7 +274,7 @@ class BatchExecutor:
     # ------------------------------------------------------------ the steps
 
     async def _prepare(self, api: BatchAPI, chunk: Chunk) -> bool:
-        _kill_point("before-upload")
+        kill_point("before-upload")
         endpoint = self._endpoint(chunk.endpoint)
         path = self._tmp / f"runner-chunk-{chunk.id}-{os.getpid()}.jsonl"
         try:
@@ -319,7 +301,7 @@ class BatchExecutor:
             file_id = await api.upload(path)
         finally:
             path.unlink(missing_ok=True)
-        _kill_point("after-upload")
+        kill_point("after-upload")
         self._uploaded.add(chunk.id)
         return await self._moved(
             chunk,
@@ -366,7 +348,7 @@ class BatchExecutor:
                     state=ProviderBatchState.PREPARING.value,
                     input_file_id=None,
                 )
-            _kill_point("after-create")
+            kill_point("after-create")
         else:
             log.info("provider batch chunk %d: found %s, created before", chunk.id, found.id)
         self._wait[chunk.id] = FIRST_POLL_SECONDS
@@ -426,101 +408,9 @@ class BatchExecutor:
 
     async def _store(self, api: BatchAPI, chunk: Chunk) -> None:
         """Every line of its output and error files as an attempt, then what is left."""
-        held = {
-            run_id: Held(attempt, max_attempts)
-            for run_id, attempt, max_attempts in await self._step(
-                "reading a provider batch's runs",
-                lambda: chunks.held_runs(self.engine, chunk.id),
-            )
-        }
-        assert chunk.submitted_at is not None and chunk.ended_at is not None
-        times = Turnaround(chunk.submitted_at, chunk.ended_at)
         retry_via = self._endpoint(chunk.endpoint).batch_retry
-        group: list[Outcome] = []
-        stored = 0
-        size = _store_lines()
-        for file_id in (chunk.output_file_id, chunk.error_file_id):
-            if file_id is None:
-                continue
-            async for line in api.lines(file_id):
-                outcome = self._outcome(line, held, times, retry_via, api)
-                if outcome is None:
-                    continue
-                group.append(outcome)
-                if len(group) >= size:
-                    stored += await self._record(chunk, group)
-                    group = []
-                    _kill_point("mid-store")
-                _kill_point("mid-download")
-        stored += await self._record(chunk, group)
-        # Runs with no line: expired, cancelled, failed validation, or lost by the provider.
-        left = [
-            self._no_line(chunk, run_id, h, times, retry_via)
-            for run_id, h in held.items()
-            if h.attempt >= 0
-        ]
-        requeued = await self._record(chunk, left)
+        stored, requeued = await self._results.store(api, chunk, retry_via)
         await self._finish(chunk, ProviderBatchState.STORING, stored, requeued)
-
-    def _outcome(
-        self,
-        line: str,
-        held: dict[int, Held],
-        times: Turnaround,
-        retry_via: str,
-        api: BatchAPI,
-    ) -> Outcome | None:
-        try:
-            cid, result = line_result(line, lambda text: text)
-        except ValueError as exc:
-            log.warning("a provider batch result line was not understood: %s", exc)
-            return None
-        ids = chunks.parse_custom_id(cid)
-        if ids is None or ids[0] not in held or held[ids[0]].attempt != ids[1]:
-            return None  # not a line of a run this chunk still holds (cancelled)
-        run_id = ids[0]
-        h = held[run_id]
-        held[run_id] = Held(-1, h.max_attempts)  # seen: not requeued at the end
-        if isinstance(result, EndpointError):
-            outcome = failure(run_id, h, result, times, config=self.config, retry_via=retry_via)
-            self._count(outcome)
-            return outcome
-        self.stats.succeeded += 1
-        self.stats.prompt_tokens += result.prompt_tokens or 0
-        self.stats.completion_tokens += result.completion_tokens or 0
-        return success(run_id, h, result, times)
-
-    def _no_line(
-        self, chunk: Chunk, run_id: int, h: Held, times: Turnaround, retry_via: str
-    ) -> Outcome:
-        status = self._held.get(chunk.id, chunk).provider_state or "ended"
-        errors = self._held.get(chunk.id, chunk).errors
-        why = {
-            "expired": "its provider batch expired before this line was executed",
-            "cancelled": "its provider batch was cancelled before this line was executed",
-            "failed": f"its provider batch failed: {errors or 'no reason given'}",
-        }.get(status, f"its provider batch ended ({status}) without a line for it")
-        exc = EndpointError(ErrorKind.RETRYABLE, f"batch_{status}", why)
-        outcome = failure(run_id, h, exc, times, config=self.config, retry_via=retry_via)
-        self._count(outcome)
-        return outcome
-
-    def _count(self, outcome: Outcome) -> None:
-        if outcome.outcome == "retry":
-            self.stats.retried += 1
-        else:
-            self.stats.failed += 1
-
-    async def _record(self, chunk: Chunk, outcomes: list[Outcome]) -> int:
-        if not outcomes:
-            return 0
-        discarded = await self._step(
-            "storing provider batch lines",
-            lambda: record(self.engine, chunk.owner, outcomes, again=True),
-        )
-        for outcome in discarded:
-            self.stats.discarded(outcome)
-        return len(outcomes) - len(discarded)
 
     async def _finish(
         self, chunk: Chunk, expect: ProviderBatchState, stored: int, requeued: int
@@ -555,23 +445,5 @@ class BatchExecutor:
             exc.error_type,
             exc.message,
         )
-        now = self.clock()
-        times = Turnaround(now, now)
-        held = await self._step(
-            "reading a provider batch's runs", lambda: chunks.held_runs(self.engine, chunk.id)
-        )
-        outcomes = [
-            failure(
-                run_id,
-                Held(attempt, attempt),
-                exc,
-                times,
-                config=self.config,
-                retry_via=Via.BATCH.value,
-            )
-            for run_id, attempt, _ in held
-        ]
-        for outcome in outcomes:
-            self._count(outcome)
-        await self._record(chunk, outcomes)
+        await self._results.fail_all(chunk, exc, self.clock())
         await self._finish(chunk, ProviderBatchState(chunk.state), 0, 0)
