@@ -251,7 +251,7 @@ async def bulk_writer(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     pages, each commit of a big submit copied every page it had touched into the
     database file (and synced both files): the ``jobs.request_hash`` index takes its
     keys in random order, so each chunk's keys land on thousands of its pages, copied
-    again at every chunk. The WAL may now grow to about 256 MiB during the writes; it
+    again at every chunk. The WAL may now grow to about 270 MiB during the writes; it
     is checkpointed (PASSIVE) when they end, and the connection's own settings are
     restored before it goes back to the pool, so the engine's other users keep
     SQLite's defaults (if they cannot be restored, the connection is closed instead of
