@@ -14,6 +14,9 @@ A worker on SQLite makes its claims and stores its results through an
 thread. A claim or a store is a few milliseconds of local work, cheaper to do at once
 than to hand to a thread and wait a whole event-loop pass for each of its round trips
 (with hundreds of requests in flight, one pass can take tens of milliseconds).
+
+A long run of writes (a big submit) goes through a :func:`bulk_writer`: on SQLite, a
+connection that checkpoints the WAL rarely until it goes back to the pool.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,7 +39,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, StaticPool
 
 from runner.db.reader import ensure_reader
@@ -47,6 +50,10 @@ log = logging.getLogger("runner.db")
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 # An InlineSQLite blocks its event loop at most this long for the lock, then yields.
 INLINE_BUSY_TIMEOUT_MS = 5
+# A bulk write on SQLite (a big submit, ``bulk_writer``): checkpoint the WAL after 65,536
+# pages (256 MiB of 4 KiB pages) rather than SQLite's 1,000, and cache 64 MiB of pages
+# (a negative cache_size is KiB) rather than 2 MiB.
+BULK_SQLITE_PRAGMAS = {"wal_autocheckpoint": 65_536, "cache_size": -65_536}
 _SQLITE_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
@@ -210,16 +217,72 @@ class InlineSQLite:
         self.engine.dispose()
 
 
+async def _driver(conn: AsyncConnection) -> Any:
+    """The aiosqlite connection under ``conn``. Statements on it start no transaction:
+    SQLAlchemy would BEGIN one (our BEGIN IMMEDIATE, which takes the write lock), and
+    SQLite refuses to checkpoint inside one."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None  # an open aiosqlite connection
+    return driver
+
+
+async def _pragma(driver: Any, statement: str) -> int | None:
+    """Run ``PRAGMA statement`` on an aiosqlite connection; its value, if it gives one."""
+    cursor = await driver.execute(f"PRAGMA {statement}")
+    row = await cursor.fetchone()
+    await cursor.close()
+    return None if row is None else int(row[0])
+
+
 async def checkpoint(engine: AsyncEngine) -> None:
     """Copy SQLite's write-ahead log into the database file, off the event loop's thread
     (aiosqlite's), without waiting for or blocking other connections (PASSIVE)."""
     async with engine.connect() as conn:
-        # On the driver's connection: outside a transaction (SQLAlchemy would BEGIN one,
-        # and SQLite refuses to checkpoint inside it).
-        driver = (await conn.get_raw_connection()).driver_connection
-        assert driver is not None  # an open aiosqlite connection
-        cursor = await driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        await cursor.close()
+        await _pragma(await _driver(conn), "wal_checkpoint(PASSIVE)")
+
+
+@asynccontextmanager
+async def bulk_writer(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """One connection for a long run of write transactions (a submit's chunks); the
+    caller begins and commits them (``async with conn.begin()``).
+
+    On SQLite the connection checkpoints the WAL rarely and caches more pages while it
+    is lent (``BULK_SQLITE_PRAGMAS``). With SQLite's default checkpoint every 1,000
+    pages, each commit of a big submit copied every page it had touched into the
+    database file (and synced both files): the ``jobs.request_hash`` index takes its
+    keys in random order, so each chunk's keys land on thousands of its pages, copied
+    again at every chunk. The WAL may now grow to about 270 MiB during the writes; it
+    is checkpointed (PASSIVE) when they end, and the connection's own settings are
+    restored before it goes back to the pool, so the engine's other users keep
+    SQLite's defaults (if they cannot be restored, the connection is closed instead of
+    pooled). On PostgreSQL this is just a connection.
+    """
+    async with engine.connect() as conn:
+        if not is_sqlite(engine):
+            yield conn
+            return
+        driver = await _driver(conn)
+        before = {name: await _pragma(driver, name) for name in BULK_SQLITE_PRAGMAS}
+        try:
+            for name, value in BULK_SQLITE_PRAGMAS.items():
+                await _pragma(driver, f"{name} = {value}")
+            yield conn
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _end_bulk(conn, driver, before)
+
+
+async def _end_bulk(conn: AsyncConnection, driver: Any, settings: dict[str, int | None]) -> None:
+    """Checkpoint what a bulk writer wrote and give its connection back its settings."""
+    try:
+        if conn.in_transaction():
+            await conn.rollback()
+        await _pragma(driver, "wal_checkpoint(PASSIVE)")
+        for name, value in settings.items():
+            await _pragma(driver, f"{name} = {value}")
+    except Exception as exc:
+        log.warning("closing a bulk writer's connection: %s", reason(exc))
+        await conn.invalidate()
 
 
 # ---------------------------------------------------------------- migrations
