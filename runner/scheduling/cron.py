@@ -132,6 +132,7 @@ class ScheduleSpec:
     on_drift: str | None = None  # shell command run with the drift report on stdin
     samples: int | None = None  # samples per run its rounds ask for (None: each job's own)
     alpha: float | None = None  # the drift reports' significance level (None: 0.05)
+    report: str | None = None  # HTML report path rewritten after each drift report
 
 
 def check_name(name: str) -> str:
