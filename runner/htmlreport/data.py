@@ -2,7 +2,7 @@
 
 Everything comes through the existing readers: ``batch_status`` (counts, errors,
 tokens, fingerprints of each round), ``load_round`` (each run as compare sees it),
-``compare_pair`` / ``summarize`` / ``changed_most`` (each round against the round before
+``compare_pair`` / ``stats`` / ``changed_most`` (each round against the round before
 it in the report), the drift reports' stored statuses and p-values, and
 ``distribution_test`` for rounds with samples that have no drift report.
 
@@ -22,8 +22,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from runner.analysis.compare import Result, changed_most, compare_pair, load_round, samples
-from runner.analysis.compare import summarize as summarize_items
+from runner.analysis.compare import (
+    Result,
+    changed_most,
+    compare_pair,
+    load_round,
+    samples,
+    stats,
+)
 from runner.analysis.distribution import distribution_test
 from runner.analysis.drift import explain
 from runner.config import Price
@@ -137,22 +143,29 @@ def _columns(
     results: Mapping[str, Result], keys: Sequence[str], strings: Strings
 ) -> dict[str, list[Any]]:
     """One round's runs column-wise, in the order of ``keys`` (None: no run)."""
-    runs = [results.get(k) for k in keys]
-
-    def each(fn: Any) -> list[Any]:
-        return [None if r is None else fn(r) for r in runs]
-
-    return {
-        "state": each(lambda r: STATES.index(r.state) if r.state in STATES else None),
-        "out": each(lambda r: strings(r.output) if r.ok else None),
-        "samples": each(lambda r: len(r.outputs) if len(r.outputs) > 1 else None),
-        "fp": each(lambda r: strings(r.fingerprint)),
-        "model": each(lambda r: strings(r.response_model)),
-        "pt": each(lambda r: r.prompt_tokens),
-        "ct": each(lambda r: r.completion_tokens),
-        "lat": each(lambda r: None if r.latency_ms is None else round(r.latency_ms)),
-        "err": each(lambda r: strings(_error(r))),
-    }
+    names = ("state", "out", "samples", "fp", "model", "pt", "ct", "lat", "err")
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    empty = (None,) * len(names)
+    states = {state: code for code, state in enumerate(STATES)}
+    for key in keys:
+        r = results.get(key)
+        values: tuple[Any, ...] = empty
+        if r is not None:
+            ok = r.state == RunState.SUCCEEDED
+            values = (
+                states.get(r.state),
+                strings(r.output) if ok else None,
+                len(r.outputs) if len(r.outputs) > 1 else None,
+                strings(r.fingerprint),
+                strings(r.response_model),
+                r.prompt_tokens,
+                r.completion_tokens,
+                None if r.latency_ms is None else round(r.latency_ms),
+                strings(_error(r)),
+            )
+        for name, value in zip(names, values, strict=True):
+            columns[name].append(value)
+    return columns
 
 
 def _against(
@@ -172,9 +185,9 @@ def _against(
     if not keys:
         return found
     items = [compare_pair(before[k], after[k]) for k in keys]
-    summary = summarize_items(items)
-    found["exact_match_rate"] = summary.exact_match_rate
-    found["mean_similarity"] = summary.overall.mean_similarity
+    measured = stats(items)
+    found["exact_match_rate"] = measured.exact_rate
+    found["mean_similarity"] = measured.mean_similarity
     sampled = samples(items)
     if found["p_value"] is None and any(len(a) > 1 and len(b) > 1 for a, b in sampled.values()):
         found["p_value"] = distribution_test(sampled).p_value

@@ -3,10 +3,7 @@
 // wrote is set with textContent, never parsed as HTML.
 "use strict";
 
-const D = JSON.parse(document.getElementById("report-data").textContent);
-const S = D.strings;
-const ROUNDS = D.rounds;
-const KEYS = D.jobs.keys;
+let D, S, ROUNDS, KEYS;  // the document, once inflated (see start)
 const PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#edc948", "#76b7b2",
                  "#ff9da7", "#9c755f", "#e15759", "#bab0ac"];
 const DRIFT_COLOURS = {
@@ -413,16 +410,31 @@ function showJob(job, roundA, roundB) {
 
 // ------------------------------------------------------------ start
 
-header();
-timeline();
-roundsTable();
-jobList();
-if (ROUNDS.length) showRound(ROUNDS.length - 1);
-if (KEYS.length) {
-  const latest = ROUNDS.at(-1);
-  const first = latest && latest.changed.length ? KEYS.indexOf(latest.changed[0].key) : 0;
-  showJob(first);
-} else {
-  document.getElementById("job-detail").append(el("p", { class: "empty" }, "This batch has no jobs."));
+// runner.htmlreport.page.pack: gzip-compressed JSON in base64.
+async function inflate(text) {
+  const bytes = Uint8Array.from(atob(text.trim()), (c) => c.charCodeAt(0));
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+  return JSON.parse(await new Response(stream).text());
 }
-document.body.dataset.ready = "1";
+
+async function start() {
+  D = await inflate(document.getElementById("report-data").textContent);
+  S = D.strings;
+  ROUNDS = D.rounds;
+  KEYS = D.jobs.keys;
+  header();
+  timeline();
+  roundsTable();
+  jobList();
+  if (ROUNDS.length) showRound(ROUNDS.length - 1);
+  if (KEYS.length) {
+    const latest = ROUNDS.at(-1);
+    const first = latest && latest.changed.length ? KEYS.indexOf(latest.changed[0].key) : 0;
+    showJob(first);
+  } else {
+    document.getElementById("job-detail").append(el("p", { class: "empty" }, "This batch has no jobs."));
+  }
+  document.body.dataset.ready = "1";
+}
+
+start();

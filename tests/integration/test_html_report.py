@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.analysis.diff import diff_job
+from runner.htmlreport.page import unpack
 from runner.scheduling import schedule
 from runner.submit import submit
 from tests.helpers import scalar
@@ -25,10 +26,7 @@ pytestmark = pytest.mark.anyio
 
 def document(html: Path) -> dict:
     """The data a report page carries."""
-    found = re.search(r'<script id="report-data" type="application/json">(.*?)</script>',
-                      html.read_text(encoding="utf-8"), re.DOTALL)  # fmt: skip
-    assert found is not None
-    return json.loads(found.group(1))
+    return unpack(html.read_text(encoding="utf-8"))
 
 
 async def cli(db_url: str, *args: str) -> tuple[int, str, str]:
