@@ -175,7 +175,7 @@ function chart(spec, width, sync, ready) {
   const data = [xs, ...spec.series.map(([, field]) => ROUNDS.map((r) => r[field] ?? null))];
   const usd = spec.series.some((s) => s[4] === "usd");
   const opts = {
-    title: spec.title, width, height: 160,
+    title: spec.title, width, height: ready ? 180 : 150,
     hooks: ready ? { ready: [ready] } : {},
     cursor: { sync: { key: sync }, drag: { x: false, y: false } },
     scales: { x: { time: false, range: xRange }, y: spec.range ? { range: spec.range } : {},
@@ -183,7 +183,7 @@ function chart(spec, width, sync, ready) {
     axes: [
       { label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
         values: (u, ticks) => ticks.map((t) => (Number.isInteger(t) ? t : "")) },
-      { size: 100 },
+      { size: ready ? 100 : 56 },
       ...(usd ? [{ scale: "usd", side: 1, size: 60, grid: { show: false } }] : []),
     ],
     series: [{ label: "round" }, ...spec.series.map(([label, , stroke, value, scale]) => ({
@@ -193,7 +193,7 @@ function chart(spec, width, sync, ready) {
     }))],
   };
   const target = el("div", { class: "chart" });
-  document.getElementById("charts").append(target);
+  (ready ? document.getElementById("charts") : document.getElementById("small-charts")).append(target);
   const u = new uPlot(opts, data, target);
   u.over.addEventListener("click", () => {
     if (u.cursor.idx !== null && u.cursor.idx !== undefined) showRound(u.cursor.idx);
@@ -255,11 +255,14 @@ function timeline() {
     box.append(el("p", { class: "empty" }, "This batch has no rounds in this report."));
     return;
   }
-  const width = Math.max(480, Math.min(1200, box.clientWidth || 1000));
-  CHARTS.forEach((spec, i) => charts.push(chart(spec, width, "rounds", i === 0 ? bands : null)));
+  const width = Math.max(600, Math.min(1200, (box.clientWidth || 1000) - 20));
+  // The agreement chart across the page with the bands under it; the others in a row.
+  charts.push(chart(CHARTS[0], width, "rounds", bands));
+  box.append(el("div", { id: "small-charts" }));
+  for (const spec of CHARTS.slice(1)) charts.push(chart(spec, Math.floor(width / 3) - 6, "rounds", null));
   const unpriced = [...new Set(ROUNDS.flatMap((r) => r.unpriced))];
   if (unpriced.length) {
-    charts[2].root.after(el("p", { class: "note" },
+    box.append(el("p", { class: "note" },
       `cost: unknown for ${unpriced.join(", ")} (no price in runner.toml [prices])`));
   }
 }
