@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -92,7 +93,7 @@ class Page:
     @property
     def errors(self) -> list[str]:
         found = re.search(r'<html[^>]*\sdata-errors="([^"]*)"', self.dom)
-        recorded = json.loads(found.group(1).replace("&quot;", '"')) if found else []
+        recorded = json.loads(html.unescape(found.group(1))) if found else []
         return recorded + [line for line in self.console if "Uncaught" in line]
 
     def cells(self, strip: str) -> list[tuple[int, str, str]]:

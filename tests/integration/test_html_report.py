@@ -4,6 +4,7 @@ round, and its fingerprint band changes colour where the backend changed."""
 
 from __future__ import annotations
 
+import html as html_text
 import json
 import re
 from pathlib import Path
@@ -13,7 +14,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.analysis.diff import diff_job
-from runner.htmlreport.page import unpack
+from runner.analysis.similarity import word_diff
+from runner.htmlreport.page import render, unpack
 from runner.scheduling import schedule
 from runner.submit import submit
 from tests.helpers import scalar
@@ -76,8 +78,8 @@ async def test_a_scheduled_history_with_a_backend_update_renders_in_chromium(
     shown = re.search(r'id="diff" data-a="2" data-b="3" data-pieces="([^"]*)"', page.dom)
     key = re.search(r'id="job-detail" data-job="([^"]*)"', page.dom)
     assert shown is not None and key is not None
-    expected = await diff_job(engine, str(batch), key.group(1).replace("&amp;", "&"), (2, 3))
-    pieces = json.loads(shown.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    expected = await diff_job(engine, str(batch), html_text.unescape(key.group(1)), (2, 3))
+    pieces = json.loads(html_text.unescape(shown.group(1)))
     assert pieces == [[p.op.value, p.text] for p in expected.pieces]
     assert {op for op, _ in pieces} >= {"equal", "delete", "insert"}
 
@@ -158,3 +160,42 @@ async def test_bad_report_flags_are_one_line_errors_and_write_nothing(
     assert await scalar(engine, "SELECT count(*) FROM schedules") == 0
     with pytest.raises(Exception, match="only use the placeholders"):
         await schedule.add_schedule(engine, "n", "nightly", cron="@daily", report="{x}")
+
+
+def test_the_pages_word_diff_is_runner_diffs_on_awkward_texts(tmp_path: Path) -> None:
+    """The page's port of the word diff gives Python's pieces on texts made to differ."""
+    pairs = [
+        ("", ""),
+        ("", "one word"),
+        ("  leading space kept", "leading space kept  "),
+        ("tabs\tand\nnew lines\r\n", "tabs and\n\nnew  lines"),
+        ("no\u00a0break and\u2009thin", "no break and\u2009thin\u00a0"),
+        ("file\x1cseparators\x1dare\x1espace\x85to python", "file separators are\x85space"),
+        ("zero\ufeffwidth no-break is not a space", "zero width no-break is not a space"),
+        ("emoji 🚀 and accents: café", "emoji 🚀🚀 and accents: cafe\u0301"),
+        ("the the the the cat the the", "the cat the the the the the"),
+        (" ".join(["a", "b"] * 150), " ".join(["b", "a"] * 150)),
+        ("A < B && C > D </script>", "A <= B & C >= D <!-- x -->"),
+    ]
+    document = {
+        "format": 1, "generated_at": None, "states": ["succeeded"], "rounds": [], "runs": [],
+        "strings": [], "jobs": {"keys": [], "seeds": []},
+        "batch": {"id": 1, "name": "pairs", "source_path": "-", "source_format": "yaml",
+                  "source_sha256": "-", "submitted_at": None, "job_count": 0, "endpoints": [],
+                  "models": [], "seeds": "-", "schedules": []},
+    }  # fmt: skip
+    check = (
+        "<script>const pairs = " + json.dumps(pairs).replace("<", "\\u003c") + ";\n"
+        "const box = document.createElement('pre'); box.id = 'diffs';\n"
+        "box.textContent = JSON.stringify(pairs.map(([a, b]) => wordDiff(a, b)));\n"
+        "document.body.append(box);</script></body>"
+    )
+    html = tmp_path / "pairs.html"
+    html.write_text(render(document).replace("</body>", check), encoding="utf-8")
+    page = browse(html, tmp_path)
+    assert page.errors == [] and page.attribute("data-ready") == "1"
+    found = re.search(r'<pre id="diffs">(.*?)</pre>', page.dom, re.DOTALL)
+    assert found is not None
+    text = html_text.unescape(found.group(1))
+    expected = [[[p.op.value, p.text] for p in word_diff(a, b)] for a, b in pairs]
+    assert json.loads(text) == expected
