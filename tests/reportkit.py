@@ -121,9 +121,11 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
-def browse(html: Path, tmp_path: Path) -> Page:
-    """Open ``html`` from disk in headless Chromium and dump the DOM after its scripts ran."""
-    done = _chromium(tmp_path, "--dump-dom", html.resolve().as_uri())
+def browse(html: Path | str, tmp_path: Path) -> Page:
+    """Open ``html`` (a file, or a URL) in headless Chromium and dump the DOM after its
+    scripts ran."""
+    address = html if isinstance(html, str) else html.resolve().as_uri()
+    done = _chromium(tmp_path, "--dump-dom", address)
     assert done.returncode == 0, done.stderr[-2000:]
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
     return Page(done.stdout, console)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import click
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.cli.base import Context, main, pass_context
+from runner.errors import ConfigError, RunnerError
 
 _RANGE = re.compile(r"^(\d*)\.\.(\d*)$|^(\d+)$")
 
@@ -36,7 +38,6 @@ def _range(ctx: click.Context, param: click.Parameter, value: str | None) -> obj
 @click.option(
     "--output",
     "-o",
-    required=True,
     envvar="RUNNER_REPORT_OUTPUT",
     type=click.Path(path_type=Path, dir_okay=False),
     show_envvar=True,
@@ -49,8 +50,25 @@ def _range(ctx: click.Context, param: click.Parameter, value: str | None) -> obj
     show_envvar=True,
     help="Only rounds A to B (A.., ..B, or one round N) [default: every round]",
 )
+@click.option(
+    "--serve",
+    is_flag=True,
+    show_envvar=True,
+    help="Instead of writing a file, serve the report on 127.0.0.1 (read-only) until "
+    "Ctrl-C; the page reloads as runs finish and rounds are added.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8050,
+    show_default=True,
+    show_envvar=True,
+    help="Port of --serve (0: any free port).",
+)
 @pass_context
-def report_cmd(obj: Context, batch: str, output: Path, rounds: object) -> None:
+def report_cmd(
+    obj: Context, batch: str, output: Path | None, rounds: object, serve: bool, port: int
+) -> None:
     """Write BATCH's history (id or name) as one self-contained HTML file.
 
     Header (source, endpoints, models, schedules, seeds); a timeline over rounds (exact
@@ -58,13 +76,20 @@ def report_cmd(obj: Context, batch: str, output: Path, rounds: object) -> None:
     failures, tokens, cost, p50/p95 latency, system_fingerprint and returned model as
     coloured bands, drift report statuses as markers); each round's counts, errors and
     most changed jobs; each job's outputs across rounds and the word diff (as `runner
-    diff`) between any two. No network needed to open it.
+    diff`) between any two. No network needed to open it. --serve serves it live instead.
     """
     from runner.export import check_writable
     from runner.htmlreport.data import RoundRange
     from runner.htmlreport.files import build, write_report
 
     assert rounds is None or isinstance(rounds, RoundRange)
+    if serve:
+        if output is not None or rounds is not None:
+            raise ConfigError("--serve serves every round of the batch: drop -o and --rounds")
+        _serve(obj, batch, port)
+        return
+    if output is None:
+        raise ConfigError("give the file to write (-o report.html), or --serve")
     check_writable(output)
 
     async def go(engine: AsyncEngine) -> str:
@@ -73,3 +98,21 @@ def report_cmd(obj: Context, batch: str, output: Path, rounds: object) -> None:
     page = obj.run(go)
     write_report(output, page)
     click.echo(f"report of batch {batch} written to {output} ({len(page.encode()) / 1e6:.2f} MB)")
+
+
+def _serve(obj: Context, batch: str, port: int) -> None:
+    from runner.db import engine as db
+    from runner.htmlreport.serve import serving
+
+    url, prices = obj.settings.database_url, obj.settings.prices
+    db.ensure_schema(url, create=False)  # a missing database is refused, not created
+    try:
+        with serving(url, batch, port=port, prices=prices) as address:
+            click.echo(
+                f"serving the report of batch {batch} at {address} (read-only, Ctrl-C stops)"
+            )
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        click.echo("stopped")
+    except OSError as exc:
+        raise RunnerError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from None

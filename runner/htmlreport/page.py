@@ -61,8 +61,10 @@ def unpack(page: str) -> dict[str, Any]:
     return loaded
 
 
-def render(document: dict[str, Any]) -> str:
-    """The HTML page of a report document."""
+def render(document: dict[str, Any], *, live: str | None = None) -> str:
+    """The HTML page of a report document. ``live``: the data's version, for a page
+    served by ``runner report --serve``: it asks the server for the version and reloads
+    when it moved."""
     data = pack(document)
     title = html.escape(f"{document['batch']['name']} (batch {document['batch']['id']})")
     return f"""<!DOCTYPE html>
@@ -75,7 +77,7 @@ def render(document: dict[str, Any]) -> str:
 <style>{_asset("vendor/uPlot.min.css")}</style>
 <style>{_asset("report.css")}</style>
 </head>
-<body>
+<body{f' data-live="{html.escape(live)}"' if live else ""}>
 <header>
 <h1 id="title">{title}</h1>
 <dl id="facts"></dl>

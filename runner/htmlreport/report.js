@@ -440,4 +440,14 @@ async function start() {
   document.body.dataset.ready = "1";
 }
 
+// Served live (runner report --serve): reload once the batch's runs moved.
+function watch() {
+  const now = async () => (await fetch("version", { cache: "no-store" })).text();
+  const first = document.body.dataset.live;
+  setInterval(async () => {
+    try { if ((await now()) !== first) location.reload(); } catch (e) { /* server gone: keep the page */ }
+  }, 5000);
+}
+
 start();
+if (document.body.dataset.live) watch();

@@ -7,6 +7,8 @@ from __future__ import annotations
 import html as html_text
 import json
 import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import anyio
@@ -15,7 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.analysis.diff import diff_job
 from runner.analysis.similarity import word_diff
+from runner.errors import NotFoundError
 from runner.htmlreport.page import render, unpack
+from runner.htmlreport.serve import serving
 from runner.scheduling import schedule
 from runner.submit import submit
 from tests.helpers import scalar
@@ -145,6 +149,8 @@ async def test_bad_report_flags_are_one_line_errors_and_write_nothing(
     for args, code in (
         (["report", "nightly", "-o", str(target), "--rounds", "3..1"], 2),
         (["report", "nightly", "-o", str(target), "--rounds", "x"], 2),
+        (["report", "nightly"], 2),  # neither -o nor --serve
+        (["report", "nightly", "--serve", "-o", str(target)], 2),
         (["report", "nope", "-o", str(target)], 1),
         (["report", "nightly", "-o", str(tmp_path / "missing" / "r.html")], 1),
         (["schedule", "add", "n", "nightly", "--cron", "@daily", "--report", "{nope}.html"], 2),
@@ -155,7 +161,7 @@ async def test_bad_report_flags_are_one_line_errors_and_write_nothing(
         # One line saying what is wrong (click's usage lines may come before it).
         last = err.strip().splitlines()[-1]
         assert "Traceback" not in err, err
-        assert any(word in last for word in ("round", "batch", "folder", "{")), err
+        assert any(w in last for w in ("round", "batch", "folder", "{", "-o")), err
     assert not target.exists()
     assert await scalar(engine, "SELECT count(*) FROM schedules") == 0
     with pytest.raises(Exception, match="only use the placeholders"):
@@ -199,3 +205,40 @@ def test_the_pages_word_diff_is_runner_diffs_on_awkward_texts(tmp_path: Path) ->
     text = html_text.unescape(found.group(1))
     expected = [[[p.op.value, p.text] for p in word_diff(a, b)] for a, b in pairs]
     assert json.loads(text) == expected
+
+
+async def test_serve_shows_the_live_report_read_only_and_its_version_moves(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    settings = schedule_settings(db_url)
+    sub = await submit(engine, job_file(tmp_path, 2), settings, now=CREATED)
+    with pytest.raises(NotFoundError), serving(db_url, "nope"):
+        pass  # an unknown batch fails before anything listens
+    with serving(db_url, "nightly") as url:
+        assert url.startswith("http://127.0.0.1:")
+        page = fetch(url)
+        assert unpack(page)["rounds"][0]["counts"] == {"queued": 2}
+        before = fetch(url + "version")
+        assert f'data-live="{before}"' in page
+        await work(engine, settings, [sub.round_id])
+        after = fetch(url + "version")
+        assert after != before  # the open page reloads itself
+        assert unpack(fetch(url))["rounds"][0]["counts"] == {"succeeded": 2}
+        shown = browse(url, tmp_path)
+        assert shown.errors == [] and shown.attribute("data-ready") == "1"
+        assert refused(url, "POST") == refused(url, "DELETE") == 501  # it only reads
+        assert refused(url + "x", "GET") == 404
+    assert await scalar(engine, "SELECT count(*) FROM runs WHERE state = 'succeeded'") == 2
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=60) as response:
+        return str(response.read().decode("utf-8"))
+
+
+def refused(url: str, method: str) -> int:
+    """The status of a request the server refuses."""
+    with pytest.raises(urllib.error.HTTPError) as refusal:
+        urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=60)
+    refusal.value.close()
+    return refusal.value.code
