@@ -168,8 +168,12 @@ async def test_bad_report_flags_are_one_line_errors_and_write_nothing(
         await schedule.add_schedule(engine, "n", "nightly", cron="@daily", report="{x}")
 
 
+HOSTILE = '<img src=x onerror="document.title=1"></script><b>bold'
+
+
 def test_the_pages_word_diff_is_runner_diffs_on_awkward_texts(tmp_path: Path) -> None:
-    """The page's port of the word diff gives Python's pieces on texts made to differ."""
+    """The page's port of the word diff gives Python's pieces on texts made to differ (and
+    a batch name and job key made of markup show as text)."""
     pairs = [
         ("", ""),
         ("", "one word"),
@@ -185,8 +189,8 @@ def test_the_pages_word_diff_is_runner_diffs_on_awkward_texts(tmp_path: Path) ->
     ]
     document = {
         "format": 1, "generated_at": None, "states": ["succeeded"], "rounds": [], "runs": [],
-        "strings": [], "jobs": {"keys": [], "seeds": []},
-        "batch": {"id": 1, "name": "pairs", "source_path": "-", "source_format": "yaml",
+        "strings": [], "jobs": {"keys": [HOSTILE], "seeds": [None]},
+        "batch": {"id": 1, "name": HOSTILE, "source_path": "-", "source_format": "yaml",
                   "source_sha256": "-", "submitted_at": None, "job_count": 0, "endpoints": [],
                   "models": [], "seeds": "-", "schedules": []},
     }  # fmt: skip
@@ -205,6 +209,8 @@ def test_the_pages_word_diff_is_runner_diffs_on_awkward_texts(tmp_path: Path) ->
     text = html_text.unescape(found.group(1))
     expected = [[[p.op.value, p.text] for p in word_diff(a, b)] for a, b in pairs]
     assert json.loads(text) == expected
+    # Names and keys are text, never markup: the page holds no element they spelled.
+    assert "<img" not in page.dom and "&lt;img src=x onerror" in page.dom
 
 
 async def test_serve_shows_the_live_report_read_only_and_its_version_moves(
