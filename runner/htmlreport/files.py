@@ -10,7 +10,6 @@ filled in.
 from __future__ import annotations
 
 import logging
-import string
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -21,13 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.config import Price
 from runner.db.models import Round, Schedule
-from runner.errors import RunnerError, ScheduleError
+from runner.errors import RunnerError
 from runner.export import check_writable, write_atomically
 from runner.htmlreport.data import RoundRange, gather
 from runner.htmlreport.page import render
 
 log = logging.getLogger("runner.htmlreport")
-PLACEHOLDERS = ("date", "round")
 
 
 async def build(
@@ -47,21 +45,6 @@ async def build(
 def write_report(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` whole or not at all (``export``'s temporary file and rename)."""
     write_atomically(path, lambda out: out.write(text))
-
-
-def check_template(template: str) -> str:
-    """A ``--report`` path: only ``{date}`` and ``{round}`` may be filled in."""
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        raise ScheduleError(f"invalid --report path {template!r}: {exc}") from None
-    unknown = [f for f in fields if f not in PLACEHOLDERS]
-    if unknown or not template.strip():
-        raise ScheduleError(
-            f"invalid --report path {template!r}: it may only use the placeholders "
-            "{date} and {round} (write {{ and }} for braces)"
-        )
-    return template
 
 
 def expand(template: str, *, date: str, number: int) -> Path:

@@ -45,10 +45,16 @@ from runner.db.models import CatchUpPolicy as CatchUp
 from runner.db.outage import Outage
 from runner.db.types import utcnow
 from runner.errors import NotFoundError, ScheduleError
-from runner.htmlreport.files import check_template, write_schedule_reports
+from runner.htmlreport.files import write_schedule_reports
 from runner.params import MAX_SAMPLES
 from runner.report import resolve_batch
-from runner.scheduling.cron import ScheduleSpec, check_catch_up, check_name, parse_cron
+from runner.scheduling.cron import (
+    ScheduleSpec,
+    check_catch_up,
+    check_name,
+    check_report_path,
+    parse_cron,
+)
 from runner.scheduling.hooks import HookRun, run_pending_hooks
 
 log = logging.getLogger("runner.scheduling.schedule")
@@ -142,7 +148,7 @@ async def add_schedule(
         on_drift=on_drift if on_drift and on_drift.strip() else None,
         samples=samples,
         alpha=alpha,
-        report=check_template(report) if report is not None else None,
+        report=check_report_path(report) if report is not None else None,
     )
     now = now or utcnow()
     try:

@@ -248,3 +248,13 @@ def refused(url: str, method: str) -> int:
         urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=60)
     refusal.value.close()
     return refusal.value.code
+
+
+async def test_a_job_files_schedule_can_name_its_report(
+    engine: AsyncEngine, db_url: str, tmp_path: Path
+) -> None:
+    path = job_file(tmp_path, 1)
+    template = str(tmp_path / "r-{round}.html")
+    path.write_text(path.read_text() + f"schedule:\n  cron: '@daily'\n  report: '{template}'\n")
+    await submit(engine, path, schedule_settings(db_url), now=CREATED)
+    assert await scalar(engine, "SELECT report FROM schedules") == template
