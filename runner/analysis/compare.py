@@ -63,6 +63,7 @@ class Result:
     sent_endpoint: str = ""
     error_type: str | None = None
     error_message: str | None = None
+    latency_ms: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -338,6 +339,7 @@ async def load_round(
             queue.sent_endpoint().label("sent_endpoint"),
             Run.error_type,
             Run.error_message,
+            Run.latency_ms,
         )
         .join(Job, Job.id == Run.job_id)
         .join(Round, Round.id == Run.round_id)
@@ -362,6 +364,7 @@ async def load_round(
             sent_endpoint=row.sent_endpoint,
             error_type=row.error_type,
             error_message=row.error_message,
+            latency_ms=row.latency_ms,
         )
         for row in rows
     }

@@ -7,7 +7,7 @@ Every option can also be set with an environment variable, shown in ``--help``
 from __future__ import annotations
 
 # Importing the command modules registers their commands on ``main``.
-from runner.cli import admin, data, jobs, replaying, schedules
+from runner.cli import admin, data, jobs, replaying, reports, schedules
 from runner.cli.base import main
 
-__all__ = ["admin", "data", "jobs", "main", "replaying", "schedules"]
+__all__ = ["admin", "data", "jobs", "main", "replaying", "reports", "schedules"]

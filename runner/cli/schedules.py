@@ -96,6 +96,14 @@ def schedule_group() -> None:
     show_envvar=True,
     help="Significance level of the drift reports' distribution test [default: 0.05]",
 )
+@click.option(
+    "--report",
+    metavar="PATH",
+    show_envvar=True,
+    help="Rewrite the batch's HTML report (as `runner report`) at PATH after each drift "
+    "report, atomically; {date} (the tick's date) and {round} (its number) are filled in, "
+    "e.g. 'reports/nightly-{date}.html'.",
+)
 @pass_context
 def schedule_add(
     obj: Context,
@@ -107,6 +115,7 @@ def schedule_add(
     catch_up: str,
     samples: int | None,
     alpha: float | None,
+    report: str | None,
 ) -> None:
     """Schedule BATCH (id or name) under NAME: a new round of all its jobs at every tick."""
 
@@ -121,6 +130,7 @@ def schedule_add(
             on_drift=on_drift,
             samples=samples,
             alpha=alpha,
+            report=report,
         )
 
     click.echo(schedule_line(obj.run(go)))

@@ -339,6 +339,8 @@ class Schedule(Base):
     samples: Mapped[int | None] = mapped_column(Integer)
     # Significance level of its drift reports' distribution test (NULL: 0.05).
     alpha: Mapped[float | None] = mapped_column(Float)
+    # Where the batch's HTML report is rewritten after each drift report ({date}, {round}).
+    report: Mapped[str | None] = mapped_column(Text)
 
 
 class DriftStatus(enum.StrEnum):

@@ -63,9 +63,11 @@ def schedule_line(info: ScheduleInfo) -> str:
     )
     hook = f", on drift: {info.on_drift}" if info.on_drift else ""
     samples = f", {info.samples} samples per job" if info.samples else ""
+    report = f", report: {info.report}" if info.report else ""
     return (
         f"schedule {info.name}: batch {info.batch_id} ({info.batch_name}), "
-        f"'{info.cron}' in {info.timezone}, catch-up {info.catch_up}{samples}{hook}; {state}"
+        f"'{info.cron}' in {info.timezone}, catch-up {info.catch_up}{samples}{hook}{report}; "
+        f"{state}"
     )
 
 

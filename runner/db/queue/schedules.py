@@ -64,6 +64,7 @@ async def insert_schedule(
     now: datetime,
     samples: int | None = None,
     alpha: float | None = None,
+    report: str | None = None,
 ) -> int:
     """A new active schedule; its first tick is the first one after ``now``."""
     result = await conn.execute(
@@ -77,6 +78,7 @@ async def insert_schedule(
             on_drift=on_drift,
             samples=samples,
             alpha=alpha,
+            report=report,
             created_at=now,
             since=now,
             paused_at=None,
