@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 import openai
@@ -30,6 +30,9 @@ from runner.endpoints import Completion, EndpointError, ErrorKind
 from runner.endpoints.sdk import RunnerOpenAI
 from runner.errors import ConfigError
 from runner.ratelimit import RateLimitInfo
+
+if TYPE_CHECKING:
+    from runner.localmodel import LocalModelService
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 
@@ -243,6 +246,30 @@ def _connection_error(
     )
 
 
+def _local_service(config: EndpointConfig) -> LocalModelService:
+    """The built-in model as a ``type = "local"`` endpoint configures it."""
+    from runner.localmodel import LocalModelService
+    from runner.localmodel.batches import BatchOptions
+
+    batches = BatchOptions(
+        dir=config.batch_dir,
+        turnaround_ms=config.batch_turnaround_ms,
+        expire_fraction=config.batch_expire_fraction,
+        line_error_rate=config.batch_line_error_rate,
+        fail_validation=config.batch_fail_validation,
+        max_requests=config.batch_max_requests,
+        max_bytes=config.batch_max_bytes,
+        log=config.batch_log,
+    )
+    return LocalModelService(
+        variant=config.variant,
+        nondeterminism=config.nondeterminism,
+        fingerprints=config.fingerprints,
+        noise_seed=config.noise_seed,
+        batches=batches,
+    )
+
+
 class EndpointClient:
     """One endpoint's SDK client; create it inside the running event loop."""
 
@@ -252,19 +279,14 @@ class EndpointClient:
     def __init__(self, config: EndpointConfig, *, env: Mapping[str, str] | None = None) -> None:
         self.config = config
         env = os.environ if env is None else env
+        self._service: LocalModelService | None = None
         if config.type == "local":
-            from runner.localmodel import LocalModelService
             from runner.localmodel.transport import LOCAL_BASE_URL, LocalTransport
 
             api_key = "local"
             base_url = LOCAL_BASE_URL
-            service = LocalModelService(
-                variant=config.variant,
-                nondeterminism=config.nondeterminism,
-                fingerprints=config.fingerprints,
-                noise_seed=config.noise_seed,
-            )
-            http_client = httpx2.AsyncClient(transport=LocalTransport(service))
+            self._service = _local_service(config)
+            http_client = httpx2.AsyncClient(transport=LocalTransport(self._service))
         else:
             problem = config.missing_key(env)
             if problem:
@@ -313,8 +335,16 @@ class EndpointClient:
             raise
         return self._redact.completion(completion)
 
+    @property
+    def sdk(self) -> openai.AsyncOpenAI:
+        """The endpoint's SDK client, for the calls ``chat`` does not make (the Batch API's
+        files and batches); it has ``max_retries=0`` like every call here."""
+        return self._client
+
     async def aclose(self) -> None:
         await self._client.close()
+        if self._service is not None:  # stops the local Batch API's running batches
+            self._service.close()
 
 
 class EndpointPool:

@@ -16,6 +16,9 @@ Modules
     service     the transport-agnostic protocol core (``LocalModelService.handle``, and
                 ``complete`` for a body as a dict), seeding, server-side noise
     transport   ``httpx2`` transports for the openai SDK, no socket
+    files       the Batch API's files on disk, uploads parsed as they stream
+    batchinput  batch input validation, one line's execution, result-line shapes
+    batches     the Batch API: routes, lifecycle, background tasks, test knobs
     server      Starlette + uvicorn, with latency, rate limits and faults (import it
                 explicitly: it pulls in the server stack)
 """

@@ -5,7 +5,8 @@ of any transport: the in-process ``httpx2`` transport and the Starlette server b
 :meth:`LocalModelService.handle` with a method, a path and the raw body.
 
 Routes (with or without the ``/v1`` prefix): ``POST /v1/chat/completions``,
-``POST /v1/embeddings``, ``GET /v1/models`` and ``GET /v1/models/{id}``. Other paths get 404,
+``POST /v1/embeddings``, ``GET /v1/models`` and ``GET /v1/models/{id}``, and the Batch API's
+``/v1/files…`` and ``/v1/batches…`` (runner.localmodel.batches). Other paths get 404,
 other methods 405, bad bodies 400, all as ``{"error": {"message", "type", "param", "code"}}``.
 
 Seeding. Each choice draws from its own ``random.Random``. With a ``seed``, choice ``i``'s
@@ -34,9 +35,10 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from runner.localmodel.embeddings import embed, encode_base64
 from runner.localmodel.model import (
@@ -55,6 +57,10 @@ from runner.localmodel.params import (
 )
 from runner.localmodel.tokenizer import count_tokens, tokenize
 
+if TYPE_CHECKING:
+    from runner.localmodel.batches import BatchEngine, BatchOptions
+    from runner.localmodel.files import Upload
+
 __all__ = [
     "CONTEXT_WINDOW",
     "DEFAULT_TOKEN_ESTIMATE",
@@ -63,7 +69,10 @@ __all__ = [
     "LocalResponse",
     "check_fingerprints",
     "check_nondeterminism",
+    "decode_json",
     "error_body",
+    "require_method",
+    "route_of",
 ]
 
 MODEL_ID = "seed-runner-local"
@@ -84,6 +93,7 @@ class LocalResponse:
     status: int
     headers: dict[str, str]
     body: bytes
+    path: Path | None = None  # stream this file as the body instead (a file's content)
 
 
 def error_body(
@@ -103,7 +113,19 @@ class _MethodNotAllowed(RequestError):
         self.allowed = allowed
 
 
-def _route(path: str) -> str:
+def require_method(method: str, allowed: str, path: str) -> None:
+    """405 unless ``method`` is ``allowed``."""
+    if method != allowed:
+        raise _MethodNotAllowed(
+            f"Method {method} is not allowed for {path}; use {allowed}.",
+            status=405,
+            code="method_not_allowed",
+            allowed=allowed,
+        )
+
+
+def route_of(path: str) -> str:
+    """The route of a request path: without ``/v1``, the query and a trailing slash."""
     path = path.split("?", 1)[0].rstrip("/")
     if path == "/v1" or path.startswith("/v1/"):
         path = path[3:]
@@ -160,6 +182,7 @@ class LocalModelService:
         nondeterminism: float = 0.0,
         fingerprints: Sequence[str] | None = None,
         noise_seed: int | None = None,
+        batches: BatchOptions | None = None,
     ) -> None:
         self._variant = variant
         self._model: LanguageModel = load_model(variant)
@@ -188,6 +211,9 @@ class LocalModelService:
             None if noise_seed is None else f"fingerprints:{noise_seed}"
         )
         self._noise_lock = threading.Lock()
+        self._batch_options = batches
+        self._batch_engine: BatchEngine | None = None
+        self._batch_lock = threading.Lock()
 
     @property
     def variant(self) -> str | None:
@@ -226,23 +252,82 @@ class LocalModelService:
         """
         return self._chat(parse_chat_request(dict(body)))
 
-    def handle(self, method: str, path: str, body: bytes) -> LocalResponse:
-        """Answer one HTTP request; never raises."""
-        method, route = method.upper(), _route(path)
+    @property
+    def batches(self) -> BatchEngine:
+        """The Batch API's files and batches (started at first use)."""
+        with self._batch_lock:
+            if self._batch_engine is None:
+                from runner.localmodel.batches import BatchEngine, BatchOptions
+
+                options = self._batch_options or BatchOptions()
+                self._batch_engine = BatchEngine(self, options)
+            return self._batch_engine
+
+    def close(self) -> None:
+        """Stop running batches and remove their temporary files (if any were made)."""
+        with self._batch_lock:
+            engine, self._batch_engine = self._batch_engine, None
+        if engine is not None:
+            engine.close()
+
+    def handle(
+        self, method: str, path: str, body: bytes, content_type: str | None = None
+    ) -> LocalResponse:
+        """Answer one HTTP request (``path`` may carry a query); never raises."""
+        return self.respond(lambda: self._dispatch(method.upper(), path, body, content_type))
+
+    def _dispatch(
+        self, method: str, path: str, body: bytes, content_type: str | None
+    ) -> dict[str, Any] | Path:
+        route = route_of(path)
+        if route == "/chat/completions":
+            require_method(method, "POST", path)
+            return self._chat(parse_chat_request(decode_json(body)))
+        if route == "/embeddings":
+            require_method(method, "POST", path)
+            return self._embeddings(parse_embedding_request(decode_json(body)))
+        if route == "/models":
+            require_method(method, "GET", path)
+            return {"object": "list", "data": [self._model_card()]}
+        if route.startswith("/models/") and route.count("/") == 2:
+            require_method(method, "GET", path)
+            return self._retrieve_model(route.removeprefix("/models/"))
+        if route.split("/")[1] in ("files", "batches"):
+            return self.batches.handle(method, route, path, body, content_type)
+        raise RequestError(f"Invalid URL ({method} {path})", status=404)
+
+    async def upload(self, content_type: str | None, chunks: AsyncIterable[bytes]) -> LocalResponse:
+        """``POST /v1/files`` with the body as it arrives: it streams to disk, whatever its
+        size (``handle`` takes the same upload as one body)."""
+        error: RequestError | None = None
+        target: Upload | None = None
         try:
-            if route == "/chat/completions":
-                self._require(method, "POST", path)
-                return self._ok(self._chat(parse_chat_request(_decode(body))))
-            if route == "/embeddings":
-                self._require(method, "POST", path)
-                return self._ok(self._embeddings(parse_embedding_request(_decode(body))))
-            if route == "/models":
-                self._require(method, "GET", path)
-                return self._ok({"object": "list", "data": [self._model_card()]})
-            if route.startswith("/models/") and route.count("/") == 2:
-                self._require(method, "GET", path)
-                return self._ok(self._retrieve_model(route.removeprefix("/models/")))
-            raise RequestError(f"Invalid URL ({method} {path})", status=404)
+            target = self.batches.upload(content_type)
+            async for chunk in chunks:
+                target.feed(chunk)
+        except RequestError as exc:
+            error = exc
+        except BaseException:  # the client went away: keep no half-written file
+            if target is not None:
+                target.discard()
+            raise
+
+        def finish() -> dict[str, Any]:
+            if error is not None or target is None:
+                raise error or RequestError("The upload could not be read.")
+            return target.finish().card()
+
+        return self.respond(finish)
+
+    def respond(self, answer: Callable[[], dict[str, Any] | Path]) -> LocalResponse:
+        """``answer()`` as a response: a payload as JSON, a Path as a file's content,
+        RequestError as OpenAI's error; never raises."""
+        try:
+            payload = answer()
+            if isinstance(payload, Path):
+                headers = self._headers() | {"content-type": "application/octet-stream"}
+                return LocalResponse(200, headers, b"", payload)
+            return self._ok(payload)
         except RequestError as exc:
             return self._error(exc)
         except Exception as exc:  # a bug must still answer like a server, not crash it
@@ -253,8 +338,8 @@ class LocalModelService:
     def estimate_tokens(self, method: str, path: str, body: bytes) -> int:
         """Tokens a rate limiter charges up front: prompt + max_tokens (or a default) x n."""
         try:
-            decoded = _decode(body)
-            route = _route(path)
+            decoded = decode_json(body)
+            route = route_of(path)
             if route == "/chat/completions":
                 request = parse_chat_request(decoded)
                 limit = request.max_tokens if request.max_tokens_given else DEFAULT_TOKEN_ESTIMATE
@@ -265,16 +350,6 @@ class LocalModelService:
         except RequestError:
             pass
         return 0
-
-    @staticmethod
-    def _require(method: str, allowed: str, path: str) -> None:
-        if method != allowed:
-            raise _MethodNotAllowed(
-                f"Method {method} is not allowed for {path}; use {allowed}.",
-                status=405,
-                code="method_not_allowed",
-                allowed=allowed,
-            )
 
     def _headers(self) -> dict[str, str]:
         return {
@@ -421,7 +496,7 @@ class LocalModelService:
         }
 
 
-def _decode(body: bytes) -> object:
+def decode_json(body: bytes) -> object:
     def reject_constant(name: str) -> object:
         raise ValueError(f"{name} is not valid JSON")
 
