@@ -213,7 +213,7 @@ class EndpointLimiter:
         # server's snapshot may not have counted yet (see ``observe``).
         self._open: list[Permit] = []
         self._sent = dict.fromkeys(KINDS, 0.0)
-        self.charge = ChargeLearner()
+        self.charge = ChargeLearner(gating=tpm is not None)
         self.token_headers = False  # the server reported its remaining tokens
         self._round_over: anyio.Event | None = None
         self._slots = anyio.CapacityLimiter(max_concurrency) if max_concurrency else None
@@ -406,6 +406,7 @@ class Permit:
             if limit:
                 used = limit - info.remaining_tokens
                 self.snapshot = Snapshot(limiter.now(), used, limit / 60)
+                limiter.charge.reported()
 
 
 def _reports_tokens(info: RateLimitInfo | None) -> bool:

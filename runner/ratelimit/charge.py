@@ -11,17 +11,19 @@ estimate.
 A delta of the server's remaining tokens is only attributable when nothing else of ours
 is in flight, so learning goes in rounds (a slow start): round 0 is one request, whose
 response is the anchor; round r sends up to 2**r requests and waits until all of them
-are answered. The server's used tokens at the round's end, minus its used tokens at the
-anchor drained until the round's first send, plus the drain during the round, is what
-it charged for the round. The drain uses our clock (first send to last response), which
-can only make the charge look larger: a learned ratio errs on the safe side. A round
-that ends with the server's bucket full again (the server refilled faster than we
-spent) shows nothing and the next one doubles. After ``LEARN_REQUESTS`` measured
-requests the ratio is known and rounds stop. Until then the bucket is charged
-``SLOW_START`` x the estimate, so rounds fit the budget even if the server counts up to
-twice as much; once learned, the ratio plus ``SPREAD``. Traffic of other clients on the
-same key during a round counts as ours here and makes the ratio too high (safe, but
-slower); rounds are short, at the start.
+are answered. Without a configured token limit nothing is known before the first
+answer, so the first requests go out together as usual; the first token headers close
+that round to new requests, and its last answer is the anchor. The server's used
+tokens at a round's end, minus its used tokens at the anchor drained until the round's
+first send, plus the drain during the round, is what it charged for the round. The
+drain is read on our clock (first send to last answer), off the server's by network
+delays: a few tokens either way. A round that ends with the server's bucket full again
+(it refilled faster than we spent) shows nothing, and the next one doubles. After
+``LEARN_REQUESTS`` measured requests the ratio is known and rounds stop. Until then the
+bucket is charged ``SLOW_START`` x the estimate, so rounds fit the budget even if the
+server counts up to twice as much; once learned, the ratio plus ``SPREAD``. Traffic of
+other clients on the same key during a round counts as ours and makes the ratio too
+high (safe, but slower); rounds are short, at the start.
 """
 
 from __future__ import annotations
@@ -50,23 +52,25 @@ class Snapshot:
 
 @dataclass
 class _Round:
-    size: int
+    size: int | None  # requests it admits; None: all (not gating yet)
     admitted: int = 0  # requests let through in this round
     open: int = 0  # of those, not answered yet
     first_send: float | None = None
     estimated: float = 0.0  # our estimates of the requests the server charged
     requests: int = 0
     last: Snapshot | None = None  # the latest snapshot of this round's responses
+    closed_early: bool = False  # the requests before the first token headers
 
 
 class ChargeLearner:
     """Pure bookkeeping of the slow-start rounds and the learned ratio (no I/O, no clock)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, gating: bool = True) -> None:
+        """``gating``: hold requests in rounds from the first one (a token limit is known)."""
         self.ratio: float | None = None
         self.active = True  # False once learned or when the server sends no token headers
         self.rounds = 0
-        self._round = _Round(size=1)
+        self._round = _Round(size=1 if gating else None)
         self._anchor: Snapshot | None = None
         self._charged = 0.0
         self._estimated = 0.0
@@ -83,7 +87,14 @@ class ChargeLearner:
         return SLOW_START if self.active else 1.0
 
     def may_admit(self) -> bool:
-        return not self.learning or self._round.admitted < self._round.size
+        size = self._round.size
+        return not self.learning or size is None or self._round.admitted < size
+
+    def reported(self) -> None:
+        """The server reports its tokens: from now on, rounds (the open one takes no more)."""
+        if self.learning and self._round.size is None:
+            self._round.size = self._round.admitted
+            self._round.closed_early = True
 
     def admit(self) -> None:
         if self.learning:
@@ -124,7 +135,7 @@ class ChargeLearner:
         self.active = False
 
     def _close(self, rnd: _Round) -> None:
-        self.rounds += 1
+        self.rounds += rnd.size is not None  # requests before any token headers: no round
         charged = self.measure(self._anchor, rnd)
         if charged is not None:
             self._charged += charged
@@ -135,7 +146,11 @@ class ChargeLearner:
                 self.ratio = min(max(self._charged / self._estimated, low), high)
         # A round's last snapshot has nothing of ours in flight: the next round's anchor.
         self._anchor = rnd.last if rnd.first_send is not None else self._anchor
-        self._round = _Round(size=rnd.size * 2 if rnd.first_send is not None else rnd.size)
+        if rnd.size is None or rnd.first_send is None:
+            size = rnd.size  # not gating yet, or nothing went: the same again
+        else:
+            size = 2 if rnd.closed_early else 2 * rnd.size
+        self._round = _Round(size=size)
         if self.ratio is None and self.rounds >= MAX_ROUNDS:
             self.active = False
 

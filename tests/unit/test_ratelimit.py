@@ -152,18 +152,31 @@ async def test_headers_lower_the_bucket_to_what_the_server_cannot_have_seen_yet(
 
 
 @pytest.mark.anyio
-async def test_the_first_request_goes_alone_until_its_answer_shows_the_limits() -> None:
-    limiter = EndpointLimiter("e")
+async def test_with_a_token_limit_the_first_request_goes_alone_until_it_is_answered() -> None:
+    limiter = EndpointLimiter("e", tpm=60000)
     async with contextlib.AsyncExitStack() as stack:
         probe = await stack.enter_async_context(limiter.permit(10))
         with anyio.move_on_after(0.05) as waited:
             await limiter.permit(10).__aenter__()
         assert waited.cancelled_caught  # held until the probe is answered
-        probe.settle(12, RateLimitInfo(limit_requests=40, remaining_requests=39))
-    # Answered without token headers: no token limit to learn, no more rounds.
+        probe.settle(12, None)
+    # Answered without token headers: nothing to learn, no more rounds.
     async with contextlib.AsyncExitStack() as stack:
         for _ in range(8):
             await stack.enter_async_context(limiter.permit(10))
+
+
+@pytest.mark.anyio
+async def test_without_limits_first_requests_go_together_until_token_headers_appear() -> None:
+    limiter = EndpointLimiter("e")
+    async with contextlib.AsyncExitStack() as stack:
+        permits = [await stack.enter_async_context(limiter.permit(10)) for _ in range(4)]
+        permits[0].settle(12, RateLimitInfo(limit_tokens=60000, remaining_tokens=59900))
+        # The server counts tokens: no new request until these four are answered.
+        with anyio.move_on_after(0.05) as waited:
+            await limiter.permit(10).__aenter__()
+        assert waited.cancelled_caught
+        assert limiter.charge.learning
 
 
 @pytest.mark.anyio
@@ -199,12 +212,9 @@ async def test_max_concurrency_caps_requests_in_flight() -> None:
 
 @pytest.mark.anyio
 async def test_requests_sent_before_a_limit_was_learned_count_in_its_new_bucket() -> None:
-    # A server that answered without token headers once (so no slow start is needed) and
-    # sends its request limit later: eight requests go out before a response says what
-    # that limit is; the bucket made from the first such headers must count all eight.
+    # Eight requests go out before any response says what the limit is; the bucket made
+    # from the first response's headers must count all eight, not just the server's view.
     limiter = EndpointLimiter("e")
-    async with limiter.permit(0) as probe:
-        probe.settle(None, None)
     async with contextlib.AsyncExitStack() as stack:
         permits = [await stack.enter_async_context(limiter.permit(0)) for _ in range(8)]
         permits[0].settle(None, RateLimitInfo(limit_requests=40, remaining_requests=39))

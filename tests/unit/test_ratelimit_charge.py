@@ -112,3 +112,19 @@ def test_no_token_headers_or_no_measurement_ends_the_slow_start() -> None:
         play_round(patient, server, [1.0])
         server.advance(1.0)
     assert patient.rounds == MAX_ROUNDS and patient.factor() == 1.0
+
+
+def test_without_a_known_token_limit_the_first_requests_go_together() -> None:
+    server, learner = Server(limit=60_000, ratio=1.1), ChargeLearner(gating=False)
+    assert len(play_round(learner, server, [100.0] * 6)) == 6  # nothing known: no gate
+    learner.admit()
+    learner.sent(server.now, 100.0)
+    server.charge(100.0)
+    learner.reported()  # the first answer has token headers: that round takes no more
+    assert not learner.may_admit()
+    learner.finished(100.0, sent=True, charged=True, snapshot=server.snapshot())
+    sizes = []
+    while learner.learning:
+        sizes.append(len(play_round(learner, server, [100.0] * 20)))
+    assert sizes == [2, 4, 8]  # that last answer anchors the rounds
+    assert learner.ratio == pytest.approx(1.1, rel=0.01)
