@@ -102,15 +102,19 @@ def measure(case: Case, workdir: Path) -> dict[str, float]:
     else:
         body = "/v1/chat/completions"
         costs = [float(service.estimate_tokens("POST", body, r[3].encode())) for r in rows]
-    # Steady state starts after the first minute and once what the server accepted has
-    # caught up with its full bucket plus the refill since (it is empty from then on).
-    first, rate = times[0], case.limit / 60
-    start, spent = first + 60, 0.0
+    # Steady state starts once the server's bucket is empty after the first minute: a
+    # replay of the server's bucket (full at the first request, refilled at limit/60 a
+    # second, less what it accepted), so no unspent initial budget flatters the window.
+    first, rate, biggest = times[0], case.limit / 60, max(costs)
+    start, level, last = None, float(case.limit), first
     for t, ok, cost in zip(times, accepted, costs, strict=True):
-        spent += cost if ok else 0.0
-        if spent >= case.limit + rate * (t - first) - max(costs):
-            start = max(start, t)
+        level = min(float(case.limit), level + rate * (t - last)) - (cost if ok else 0.0)
+        last = t
+        if t >= first + 60 and level <= biggest:
+            start = t
             break
+    if start is None:  # never used up: the worker could not keep up
+        start = first + 60
     end = times[-1]
     used = sum(
         c for t, ok, c in zip(times, accepted, costs, strict=True) if ok and start <= t < end

@@ -305,8 +305,8 @@ class EndpointLimiter:
                 for kind, charge in permit.charges.items():
                     self._sent[kind] += charge
                 self._open.append(permit)
-                permit.sent = True
-                self.charge.sent(self._clock(), estimate)
+                permit.sent, permit.sent_at = True, self.now()
+                self.charge.sent(permit.sent_at, estimate)
                 try:
                     yield permit
                 finally:
@@ -375,6 +375,7 @@ class Permit:
     estimate: int
     charged: float
     sent: bool = False
+    sent_at: float = 0.0  # on the limiter's clock
     charges: dict[str, float] = field(default_factory=dict)  # per bucket, as sent
     sent_before: dict[str, float] = field(default_factory=dict)  # limiter._sent at sending
     status: int | None = None  # the HTTP status of a refusal (429: the server did not count it)
@@ -405,7 +406,8 @@ class Permit:
             limit = info.limit_tokens or limiter.limit("tokens")
             if limit:
                 used = limit - info.remaining_tokens
-                self.snapshot = Snapshot(limiter.now(), used, limit / 60)
+                now = limiter.now()
+                self.snapshot = Snapshot(now, used, limit / 60, now - self.sent_at)
                 limiter.charge.reported()
 
 

@@ -17,8 +17,11 @@ that round to new requests, and its last answer is the anchor. The server's used
 tokens at a round's end, minus its used tokens at the anchor drained until the round's
 first send, plus the drain during the round, is what it charged for the round. The
 drain is read on our clock (first send to last answer), off the server's by network
-delays: a few tokens either way. A round that ends with the server's bucket full again
-(it refilled faster than we spent) shows nothing, and the next one doubles. After
+delays; the anchor's lag (its request's round trip) x the refill rate is added, so the
+ratio errs high, never low: a high ratio only holds back requests in flight, as the
+headers bring the bucket down to what the server counts. A round that ends with the
+server's bucket full again (it refilled faster than we spent) shows nothing, and the
+next one doubles. After
 ``LEARN_REQUESTS`` measured requests the ratio is known and rounds stop. Until then the
 bucket is charged ``SLOW_START`` x the estimate, so rounds fit the budget even if the
 server counts up to twice as much; once learned, the ratio plus ``SPREAD``. Traffic of
@@ -48,6 +51,7 @@ class Snapshot:
     time: float
     used: float  # limit - remaining: tokens the server counts as spent
     rate: float  # tokens the server gives back per second (limit / 60)
+    lag: float = 0.0  # its request's round trip: the snapshot is at most this old
 
 
 @dataclass
@@ -163,4 +167,7 @@ class ChargeLearner:
         if end.used <= 1:  # the server's bucket is (nearly) full again: no delta to read
             return None
         start = max(0.0, anchor.used - anchor.rate * (rnd.first_send - anchor.time))
-        return end.used - start + end.rate * max(0.0, end.time - rnd.first_send)
+        charged = end.used - start + end.rate * max(0.0, end.time - rnd.first_send)
+        # The anchor may be up to its lag older than our clock says: the server drained
+        # that much more before the round, which we would take for a smaller charge.
+        return charged + anchor.rate * anchor.lag

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from runner.ratelimit.charge import (
@@ -30,14 +32,18 @@ class Server:
     def charge(self, estimate: float) -> None:
         self.used += self.ratio * estimate
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, lag: float = 0.0) -> Snapshot:
         remaining = int(self.limit - self.used)  # the header rounds remaining down
-        return Snapshot(self.now, self.limit - remaining, self.rate)
+        return Snapshot(self.now, self.limit - remaining, self.rate, lag)
 
 
-def play_round(learner: ChargeLearner, server: Server, estimates: list[float]) -> list[int]:
-    """Send as many of ``estimates`` as the round admits; answer them; return what went."""
-    went = []
+def play_round(
+    learner: ChargeLearner, server: Server, estimates: list[float], late: float = 0.0
+) -> list[int]:
+    """Send as many of ``estimates`` as the round admits; answer them; return what went.
+
+    ``late``: the last answer reaches us that long after the server wrote its headers."""
+    went, sent_at = [], server.now
     for index, estimate in enumerate(estimates):
         if not learner.may_admit():
             break
@@ -47,9 +53,13 @@ def play_round(learner: ChargeLearner, server: Server, estimates: list[float]) -
         server.charge(estimate)
         went.append(index)
     server.advance(0.05)  # the model answers
-    for index in went:
+    for number, index in enumerate(went, 1):
         server.advance(0.001)
-        learner.finished(estimates[index], sent=True, charged=True, snapshot=server.snapshot())
+        snapshot = server.snapshot()
+        if number == len(went) and late:
+            server.advance(late)
+            snapshot = replace(snapshot, time=server.now, lag=server.now - sent_at)
+        learner.finished(estimates[index], sent=True, charged=True, snapshot=snapshot)
     return went
 
 
@@ -64,6 +74,15 @@ def test_rounds_double_until_the_servers_charge_per_estimated_token_is_learned()
     assert learner.ratio == pytest.approx(1.1, rel=0.01)
     assert learner.factor() == pytest.approx(learner.ratio * (1 + SPREAD))
     assert learner.may_admit() and not learner.learning  # no more rounds
+
+
+def test_answers_read_late_make_the_ratio_err_high_never_low() -> None:
+    # Each round's last answer (the next round's anchor) is read 0.2 s after the server
+    # wrote it: on our clock the server seems to have drained less before the next round.
+    server, learner = Server(limit=60_000, ratio=1.1), ChargeLearner()
+    while learner.learning:
+        play_round(learner, server, [130.0] * 20, late=0.2)
+    assert learner.ratio is not None and 1.1 <= learner.ratio < 1.1 * 1.5
 
 
 def test_a_round_waits_for_all_its_answers_before_the_next_starts() -> None:
