@@ -91,8 +91,9 @@ class Tries:
         """
         limiter = self.limits.get(run.endpoint, run.model)
         client = pool.get(run.endpoint)
-        # Counting prompt tokens costs more than the rest of a claim: only under a TPM limit.
-        metered = limiter.bucket("tokens") is not None
+        # Counting prompt tokens costs more than the rest of a claim: only under a TPM limit
+        # (or while the first responses may still show one).
+        metered = limiter.meters_tokens
         estimate = estimate_tokens(json.loads(run.body)) if metered else 0
         async with limiter.permit(estimate) as permit:
             if run.endpoint in self.stats.disabled_endpoints:
@@ -153,7 +154,7 @@ class Tries:
         started_at: datetime,
         t0: float,
     ) -> Outcome:
-        permit.settle(None, exc.rate_limits)
+        permit.refuse(exc.status, exc.rate_limits)
         if exc.status == 429 and exc.retryable:
             limiter.pause(self._pause_for(exc))
         self._count_auth_failure(run.endpoint, exc)
