@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
 import click
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner import __version__
 from runner.config import Settings, load_settings
-from runner.db import engine as db
-from runner.db import queue
-from runner.db.types import utcnow
 from runner.errors import RunnerError
 from runner.logs import setup_logging
-from runner.scheduling.cron import parse_now, shifted_clock
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+# Every command module imports this one, and `runner --help` imports them all: the core
+# (SQLAlchemy, anyio, the openai SDK...) is imported inside the commands that use it, so
+# that a command pays only for what it runs (tests/acceptance/test_startup.py).
 
 T = TypeVar("T")
 
@@ -38,7 +39,7 @@ class RunnerGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (RunnerError, OperationalError, BaseExceptionGroup) as exc:
+        except (Exception, BaseExceptionGroup) as exc:  # a RunnerError, or a database's
             # Only strings and a number outlive this block: a reference to ``exc`` would
             # keep its frames (and an open cursor) alive until the garbage collector runs.
             report = _report(exc, ctx.obj.settings.database_url if ctx.obj else None)
@@ -59,10 +60,22 @@ def _report(exc: BaseException, database_url: str | None) -> tuple[list[str], in
     return lines, max(getattr(e, "exit_code", 1) for e in errors)
 
 
+def _operational_error() -> type[OperationalError] | None:
+    """SQLAlchemy's OperationalError, if SQLAlchemy is loaded (if not, no error is one)."""
+    if "sqlalchemy.exc" not in sys.modules:
+        return None
+    from sqlalchemy.exc import OperationalError
+
+    return OperationalError
+
+
 def user_errors(exc: BaseException) -> list[RunnerError | OperationalError] | None:
     """The errors inside ``exc`` (however deeply grouped) if a user can fix every one,
     else None."""
-    if isinstance(exc, RunnerError | OperationalError):
+    if isinstance(exc, RunnerError):
+        return [exc]
+    operational = _operational_error()
+    if operational is not None and isinstance(exc, operational):
         return [exc]
     if not isinstance(exc, BaseExceptionGroup):
         return None
@@ -77,6 +90,8 @@ def user_errors(exc: BaseException) -> list[RunnerError | OperationalError] | No
 
 def error_line(exc: RunnerError | OperationalError, database_url: str | None) -> str:
     """``error: ...`` on one line."""
+    from runner.db import engine as db
+
     if isinstance(exc, RunnerError):
         return f"error: {db.one_line(exc.message)}"
     where = db.safe_url(database_url) if database_url else "?"
@@ -99,6 +114,12 @@ class Context:
         ``create``: the command queues work, so a SQLite file that does not exist yet is
         created; a command that reads (the default) refuses it instead.
         """
+        import anyio
+
+        from runner.db import engine as db
+        from runner.db import queue
+        from runner.db.types import utcnow
+
         db.ensure_schema(self.settings.database_url, create=create)
 
         async def main() -> T:
@@ -124,6 +145,8 @@ async def _end_leftover_tasks() -> None:
     in a task of its own, and aiosqlite's close can wait, after that one cancellation,
     for a thread that has already ended: the process would never exit.
     """
+    import asyncio
+
     current = asyncio.current_task()
     for _ in range(5):
         left = [t for t in asyncio.all_tasks() if t is not current and not t.done()]
@@ -213,4 +236,7 @@ def _terminal() -> tuple[bool, int]:
 
 def _clock(now: str | None) -> Callable[[], datetime]:
     """The real clock, or (``--now``) one that starts at the given instant."""
+    from runner.db.types import utcnow
+    from runner.scheduling.cron import parse_now, shifted_clock
+
     return utcnow if now is None else shifted_clock(parse_now(now), utcnow)
