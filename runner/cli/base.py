@@ -1,7 +1,14 @@
-"""The ``runner`` group, its global options, and the context every command gets."""
+"""The ``runner`` group, its global options, and the context every command gets.
+
+Start-up is cheap (tests/acceptance/test_startup.py, bench/startup.py): a command module
+is imported only when one of its commands runs (``COMMANDS``), and a command imports the
+core it uses (SQLAlchemy, anyio, the openai SDK...) when it runs, so `runner --help`
+costs little more than click, and `runner status` never loads the openai SDK.
+"""
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -10,9 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from runner import __version__
-from runner.config import Settings, load_settings
 from runner.errors import RunnerError
-from runner.logs import setup_logging
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -20,21 +25,106 @@ if TYPE_CHECKING:
     from sqlalchemy.exc import OperationalError
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-# Every command module imports this one, and `runner --help` imports them all: the core
-# (SQLAlchemy, anyio, the openai SDK...) is imported inside the commands that use it, so
-# that a command pays only for what it runs (tests/acceptance/test_startup.py).
+    from runner.config import Settings
 
 T = TypeVar("T")
 
+# Every command: the module under runner.cli that defines it, and the first paragraph of
+# its help, which `runner --help` shows without importing that module
+# (tests/unit/test_cli_options.py checks both against the commands themselves).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "batches": (
+        "jobs",
+        "List batches: jobs, rounds, the last round's counts and the last fingerprint seen.",
+    ),
+    "cancel": (
+        "jobs",
+        "Cancel BATCH's unfinished runs: queued ones at once, running ones at their worker's "
+        "next heartbeat (their results, if they arrive, are not stored).",
+    ),
+    "compare": (
+        "replaying",
+        "Compare two finished rounds job by job, store the comparison, print the report.",
+    ),
+    "db": ("admin", "Database schema management."),
+    "diff": (
+        "replaying",
+        "Word-level diff of job KEY of BATCH between two rounds ([-old-] {+new+}).",
+    ),
+    "drift": ("schedules", "Drift reports of SCHEDULE (or of all schedules), oldest first."),
+    "export": (
+        "data",
+        "Export the runs of one finished round of BATCH (id or name), in job order, streamed.",
+    ),
+    "replay": (
+        "replaying",
+        "Queue BATCH (id or name) again as a new round: the same request bodies, byte for byte.",
+    ),
+    "retry": ("jobs", "Queue BATCH's failed (and/or cancelled) runs again as new attempts."),
+    "run": ("jobs", "Submit JOB_FILE, work its runs until done, and print a summary."),
+    "schedule": (
+        "schedules",
+        "Regenerate batches on cron schedules; every `runner work` runs the due ticks.",
+    ),
+    "serve": (
+        "admin",
+        "Serve the built-in local model over HTTP (OpenAI chat completions, embeddings, models).",
+    ),
+    "show": (
+        "jobs",
+        "Show one run: `runner show RUN_ID` or `runner show BATCH KEY [--round N]`.",
+    ),
+    "sql": ("data", "Run one SQL query, read-only, and print its rows."),
+    "status": (
+        "jobs",
+        "Counts per state, tokens, cost and errors of BATCH (id or name), or of recent batches.",
+    ),
+    "submit": (
+        "jobs",
+        "Validate JOB_FILE and queue it as a new batch (all of it or nothing).",
+    ),
+    "verify": (
+        "replaying",
+        "Run every job K times with identical bodies and report how deterministic it is.",
+    ),
+    "work": (
+        "jobs",
+        "Claim queued runs and execute them until stopped (Ctrl-C: graceful stop).",
+    ),
+}
+
 
 class RunnerGroup(click.Group):
-    """Turns our errors into one clear line on stderr and a non-zero exit.
+    """Loads command modules on first use, and turns our errors into one clear line on
+    stderr and a non-zero exit.
 
     An error raised inside a task group (a worker's) arrives wrapped in one or more
     exception groups: if every error in them is one a user can fix (``RunnerError``, a
     database that cannot be reached), each distinct message is printed once; anything
     else is a bug and keeps its traceback.
     """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            # Its module registers it (and its siblings) on this group.
+            importlib.import_module(f"runner.cli.{COMMANDS[cmd_name][0]}")
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's command list, from ``COMMANDS`` for a command not loaded yet."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = []
+        for name in names:
+            # A stand-in with the same help shortens it as the command itself would.
+            command = self.commands.get(name) or click.Command(name, help=COMMANDS[name][1])
+            if not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -195,6 +285,9 @@ def main(ctx: click.Context, database_url: str | None, log_level: str, log_forma
     worker against OpenAI-compatible endpoints or the built-in local model, and
     keep every output with its seed and system_fingerprint.
     """
+    from runner.config import load_settings
+    from runner.logs import setup_logging
+
     settings = load_settings(database_url=database_url)
     setup_logging(log_level, log_format, (e.api_key_env for e in settings.endpoints.values()))
     ctx.obj = Context(settings)

@@ -1,6 +1,7 @@
 """Commands that never call an endpoint never import the openai SDK (nor aiohttp, tiktoken,
-numpy or rapidfuzz): each costs from a tenth of a second to two seconds of start-up, paid by
-every `runner --help` and `runner status` when the CLI imported them at module level.
+numpy, rapidfuzz or alembic): each costs from a tenth of a second to two seconds of
+start-up, paid by every `runner --help` and `runner status` when the CLI imported them at
+module level.
 
 The structure is checked here, not the time (bench/startup.py measures that): one Python
 process runs the commands through the real entry point one after another, then reports
@@ -14,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = ("openai", "aiohttp", "tiktoken", "numpy", "rapidfuzz")
+# alembic: a schema at the head revision is recognised without it (runner.db.engine).
+HEAVY = ("openai", "aiohttp", "tiktoken", "numpy", "rapidfuzz", "alembic")
 
 # Each command in the same process, through the console script's entry point
 # (runner.cli:main); what it printed and its exit code are kept, then the modules loaded.
