@@ -72,3 +72,17 @@ def test_reading_commands_never_import_the_sdk(db_url: str, tmp_path: Path) -> N
     assert "runner, version" in done[1][2]
     assert "runs" in done[4][2] and "0" in done[4][2]
     assert result["loaded"] == []
+
+
+def test_the_worker_loads_the_sdk_itself(tmp_path: Path) -> None:
+    """Importing the worker does not import the SDK: Worker.run loads it in a thread while
+    it sets up and claims, so `runner work` does not wait for it before anything else."""
+    code = (
+        "import sys, runner.work, runner.work.worker, runner.progress, runner.output; "
+        "print(sorted(m for m in ('openai', 'aiohttp', 'tiktoken') if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
