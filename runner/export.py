@@ -23,12 +23,15 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
-from runner.db.engine import head_revision
-from runner.db.readonly import ReadOnly, open_readonly
 from runner.errors import DatabaseError, NotFoundError, QueryError, RunnerError
 from runner.tabular import write_csv, write_jsonl
+
+if TYPE_CHECKING:
+    from runner.db.readonly import ReadOnly
+
+# The database drivers are imported by ``export`` itself: `runner --help` reads FORMATS.
 
 FORMATS = ("openai-batch", "jsonl", "csv")
 
@@ -192,6 +195,8 @@ def check_schema(ro: ReadOnly) -> None:
         row = _one(ro, "SELECT version_num FROM alembic_version")
     except QueryError:
         row = None
+    from runner.db.engine import head_revision
+
     head = head_revision()
     if row is None:
         raise DatabaseError("this database has no seed-runner schema: nothing to export")
@@ -321,6 +326,8 @@ def export(
         raise ValueError(f"unknown export format {fmt!r}")
     if path is not None:
         check_writable(path)
+    from runner.db.readonly import open_readonly
+
     with open_readonly(url) as ro:
         check_schema(ro)
         target = resolve(ro, batch_ref, round_number)

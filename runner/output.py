@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.config import Price
 from runner.report import BatchLine, BatchStatus
-from runner.work import WorkerStats
+
+if TYPE_CHECKING:
+    from runner.work import WorkerStats
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 

@@ -21,21 +21,19 @@ connection that checkpoints the WAL rarely until it goes back to the pool.
 
 from __future__ import annotations
 
+import ast
 import logging
 import random
+import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, closing, contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
@@ -44,6 +42,14 @@ from sqlalchemy.pool import NullPool, StaticPool
 
 from runner.db.reader import ensure_reader
 from runner.errors import ConfigError, DatabaseError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic (most of a second to import) is imported only to migrate, or when the
+# database is not at the head revision: every command checks the schema first, and that
+# check reads the head from the migration files' text and the database's revision with
+# one query (``ensure_schema``).
 
 T = TypeVar("T")
 log = logging.getLogger("runner.db")
@@ -290,6 +296,8 @@ async def _end_bulk(conn: AsyncConnection, driver: Any, settings: dict[str, int 
 
 def alembic_config(url: str | None = None) -> Config:
     """An Alembic config pointing at the migrations shipped inside the package."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(resources.files("runner.migrations")))
     if url is not None:
@@ -297,14 +305,74 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
+# ``revision: str = "0011"`` and ``down_revision: str | None = "0010"`` in a migration file.
+_REVISION_LINE = re.compile(r"^(revision|down_revision)\b[^=\n]*=\s*(.+?)\s*$", re.MULTILINE)
+
+
+def _head_from_files() -> str | None:
+    """The head revision read from the migration files' text, without Alembic; None when
+    the files do not name exactly one head that way (then Alembic decides)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    versions = resources.files("runner.migrations") / "versions"
+    for entry in versions.iterdir():
+        if not entry.name.endswith(".py") or entry.name.startswith("_"):
+            continue
+        text = entry.read_text("utf-8")
+        found = {m[1]: m[2] for m in _REVISION_LINE.finditer(text)}
+        try:
+            revision = ast.literal_eval(found["revision"])
+            down = ast.literal_eval(found.get("down_revision", "None"))
+        except (KeyError, SyntaxError, ValueError):
+            return None
+        if not isinstance(revision, str):
+            return None
+        revisions.add(revision)
+        parents.update([down] if isinstance(down, str) else down or ())
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    """The revision this seed-runner's schema is at (the migrations' single head)."""
+    head = _head_from_files()
+    if head is None:
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
 
 
 def current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(connection).get_current_revision()
+
+
+def _recorded_revision(url: str) -> str | None:
+    """The revision the database records (alembic_version), read with one query and no
+    lock; None when there is none, or it cannot be read that way."""
+    parsed = parse_url(url)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            path = Path(parsed.database or "").expanduser()
+            if not path.is_file():
+                return None
+            with closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)) as conn:
+                row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        else:
+            engine = create_sync_engine(url)
+            try:
+                with engine.connect() as connection:
+                    row = connection.exec_driver_sql(
+                        "SELECT version_num FROM alembic_version"
+                    ).fetchone()
+            finally:
+                engine.dispose()
+    except (sqlite3.Error, SQLAlchemyError):
+        return None  # no schema, or no database: the full check says which, and why
+    return str(row[0]) if row else None
 
 
 def upgrade(url: str, revision: str = "head") -> tuple[str | None, str]:
@@ -313,6 +381,8 @@ def upgrade(url: str, revision: str = "head") -> tuple[str | None, str]:
     At the head revision on PostgreSQL, also sets up the role `runner sql` reads as
     (runner.db.reader), in the same transaction.
     """
+    from alembic import command
+
     engine = create_sync_engine(url)
     try:
         with engine.begin() as connection:
@@ -372,12 +442,16 @@ def ensure_schema(url: str, *, create: bool = True) -> None:
     if not create:
         require_database(url)
     head = head_revision()
+    if _recorded_revision(url) == head:
+        return
     parsed = parse_url(url)
     with _connect_sync(url) as connection:
         current = current_revision(connection)
         if current == head:
             return
         if current is None and parsed.get_backend_name() == "sqlite":
+            from alembic import command
+
             config = alembic_config(url)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")

@@ -24,14 +24,17 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from runner.config import WorkerConfig
 from runner.db.queue import ClaimedRun, Outcome, samples_asked, with_changes
 from runner.endpoints import Completion, EndpointError
-from runner.endpoints.client import EndpointPool
 from runner.logs import run_context
 from runner.ratelimit import EndpointLimiter, Limits, Permit, estimate_tokens
 from runner.work.stats import WorkerStats
+
+if TYPE_CHECKING:
+    from runner.endpoints.client import EndpointPool  # the openai SDK: see Worker.run
 
 log = logging.getLogger("runner.worker")
 
