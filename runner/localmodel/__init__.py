@@ -13,6 +13,7 @@ Modules
     model       training, the distributions and the sampler
     params      request validation with OpenAI's error semantics
     embeddings  hashed bag-of-words vectors
+    responses   the Responses API's request checks and response object
     service     the transport-agnostic protocol core (``LocalModelService.handle``, and
                 ``complete`` for a body as a dict), seeding, server-side noise
     transport   ``httpx2`` transports for the openai SDK, no socket
