@@ -7,7 +7,8 @@ folder and renamed over FILE once complete, so an error never leaves half a file
 
 ``openai-batch`` lines are what OpenAI's Batch API writes to its output and error
 files: ``{"id", "custom_id", "response": {"status_code", "request_id", "body"},
-"error"}``. A success carries the stored response body; a failure with an HTTP
+"error"}``. A success carries the stored response body, whatever its kind (a chat
+completion, a Responses API response object); a failure with an HTTP
 status carries that status, the server's ``x-request-id`` and the error body it sent
 (or, when that was not JSON, an OpenAI-shaped one with its message); a failure without
 one (timeout, connection error, unusable response) has ``response: null`` and
@@ -62,6 +63,12 @@ COLUMNS = (
     "reused_from_run_id",
     "started_at",
     "finished_at",
+    "api",
+    "response_status",
+    "incomplete_details",
+    "service_tier",
+    "cached_tokens",
+    "reasoning_tokens",
 )
 BATCH_COLUMNS = (
     "run_id",

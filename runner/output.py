@@ -79,6 +79,14 @@ def status_text(statuses: Sequence[BatchStatus], prices: Mapping[str, Price] | N
             if rnd.tokens_by_model:
                 tokens += "; " + cost_text(*rnd.cost(prices or {}))
             lines.append(tokens)
+            if set(rnd.kinds) - {"chat"}:  # chat-only rounds read as they always did
+                kinds = ", ".join(f"{count} {api}" for api, count in sorted(rnd.kinds.items()))
+                lines.append(f"    requests: {kinds}")
+            if rnd.incomplete:
+                lines.append(
+                    f"    incomplete: {rnd.incomplete} responses cut short "
+                    "(status incomplete: see incomplete_details)"
+                )
             if rnd.fingerprints:
                 shown = ", ".join(f or "null" for f in rnd.fingerprints)
                 lines.append(f"    system_fingerprint: {shown}")
@@ -110,7 +118,8 @@ def run_text(d: dict[str, Any]) -> str:
         f"run {v['id']}: batch {v['batch_id']} ({v['batch_name']}) round {v['round_number']} "
         f"job {d['key']!r}",
         f"state: {v['state']} after {v['attempts']} attempt(s) of {v['max_attempts']}",
-        f"endpoint: {v['endpoint']}  model asked: {v['model']}  returned: {v['response_model']}",
+        f"api: {v['api']}  endpoint: {v['endpoint']}  model asked: {v['model']}  "
+        f"returned: {v['response_model']}",
         f"seed: {v['seed']}  system_fingerprint: {v['system_fingerprint']}",
         f"request_hash: {v['request_hash']}",
     ]
@@ -122,6 +131,11 @@ def run_text(d: dict[str, Any]) -> str:
             f"tokens: {v['prompt_tokens']} prompt + {v['completion_tokens']} completion = "
             f"{v['total_tokens']}  latency: {latency}  finish_reason: {v['finish_reason']}"
         )
+        if d.get("response_status") is not None:
+            lines.append(
+                f"response status: {v['response_status']}  "
+                f"incomplete_details: {v['incomplete_details']}"
+            )
     elif d["error_type"]:
         status = f" (HTTP {d['error_status']})" if d["error_status"] else ""
         lines.append(f"error: {d['error_type']}{status}: {d['error_message']}")

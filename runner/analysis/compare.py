@@ -17,7 +17,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -63,6 +63,13 @@ class Result:
     sent_endpoint: str = ""
     error_type: str | None = None
     error_message: str | None = None
+    api: str = "chat"  # the job's request kind
+    response_status: str | None = None  # responses: completed, incomplete, ...
+
+    @property
+    def incomplete(self) -> bool:
+        """A response cut short (``max_output_tokens``): its text is not a whole answer."""
+        return self.ok and self.response_status == "incomplete"
 
     @property
     def ok(self) -> bool:
@@ -169,6 +176,9 @@ class Summary:
     different_requests: int  # matched jobs whose request bodies differ (a --model override)
     fingerprints_a: dict[str, int]  # fingerprint ("null" for none) -> runs, succeeded in A
     fingerprints_b: dict[str, int]
+    kinds: dict[str, int] = field(default_factory=dict)  # request kind -> matched jobs
+    incomplete_a: int = 0  # succeeded responses cut short (status incomplete) in A
+    incomplete_b: int = 0
 
     @property
     def exact_match_rate(self) -> float:
@@ -194,6 +204,9 @@ def summarize(items: Sequence[Item], *, only_a: int = 0, only_b: int = 0) -> Sum
         different_requests=sum(not i.same_request for i in items),
         fingerprints_a=prints([i.a for i in items]),
         fingerprints_b=prints([i.b for i in items]),
+        kinds=dict(sorted(Counter(i.a.api for i in items).items())),
+        incomplete_a=sum(i.a.incomplete for i in items),
+        incomplete_b=sum(i.b.incomplete for i in items),
     )
 
 
@@ -338,6 +351,8 @@ async def load_round(
             queue.sent_endpoint().label("sent_endpoint"),
             Run.error_type,
             Run.error_message,
+            Job.api,
+            Run.response_status,
         )
         .join(Job, Job.id == Run.job_id)
         .join(Round, Round.id == Run.round_id)
@@ -362,6 +377,8 @@ async def load_round(
             sent_endpoint=row.sent_endpoint,
             error_type=row.error_type,
             error_message=row.error_message,
+            api=row.api,
+            response_status=row.response_status,
         )
         for row in rows
     }

@@ -109,7 +109,7 @@ def serve_cmd(
     fingerprints: tuple[str, ...] | None,
     noise_seed: int | None,
 ) -> None:
-    """Serve the built-in local model over HTTP (OpenAI chat completions, embeddings, models).
+    """Serve the built-in local model over HTTP (OpenAI chat, responses, embeddings, models).
 
     Any OpenAI client can use it: base URL http://HOST:PORT/v1, any API key.
     """

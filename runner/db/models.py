@@ -92,6 +92,8 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("batch_id", "key", name="uq_jobs_batch_key"),
         Index("ix_jobs_request_hash", "request_hash"),
+        # On PostgreSQL only (migration 0013): SQLite would have to copy the table.
+        CheckConstraint("api IN ('chat', 'responses', 'embeddings')", name="ck_jobs_api"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -103,6 +105,8 @@ class Job(Base):
     request_hash: Mapped[str] = mapped_column(String(71))
     seed: Mapped[int | None] = mapped_column(BigInteger)
     source_line: Mapped[int | None] = mapped_column(Integer)
+    # Which API the body is for: a runner.kinds.Api value.
+    api: Mapped[str] = mapped_column(String(20), default="chat", server_default="chat")
 
 
 class Round(Base):
@@ -175,6 +179,13 @@ class Run(Base):
     # Several samples asked (``n`` > 1): whether one response held them all (False: the
     # endpoint ignored ``n`` and the rest came from further requests). NULL: one asked.
     n_honoured: Mapped[bool | None] = mapped_column(Boolean)
+    # Responses API: the response's status and, when incomplete, why (JSON as returned).
+    response_status: Mapped[str | None] = mapped_column(String(20))
+    incomplete_details: Mapped[str | None] = mapped_column(Text)
+    # Usage details any kind may report (NULL: the endpoint did not say).
+    service_tier: Mapped[str | None] = mapped_column(String(50))
+    cached_tokens: Mapped[int | None] = mapped_column(Integer)
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
     # Failure: the last error.
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_status: Mapped[int | None] = mapped_column(Integer)

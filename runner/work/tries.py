@@ -29,6 +29,7 @@ from runner.config import WorkerConfig
 from runner.db.queue import ClaimedRun, Outcome, samples_asked, with_changes
 from runner.endpoints import Completion, EndpointError
 from runner.endpoints.client import EndpointPool
+from runner.kinds import Api
 from runner.logs import run_context
 from runner.ratelimit import EndpointLimiter, Limits, Permit, estimate_tokens
 from runner.work.stats import WorkerStats
@@ -101,7 +102,7 @@ class Tries:
             started_at = self.clock()
             t0 = time.perf_counter()
             try:
-                completion = await client.chat(run.body)
+                completion = await client.send(Api(run.api), run.body)
             except EndpointError as exc:
                 return self._refused(run, limiter, permit, exc, started_at, t0)
             permit.settle(completion.total_tokens, completion.rate_limits)
@@ -113,7 +114,7 @@ class Tries:
             estimate = estimate_tokens(json.loads(request)) if metered else 0
             async with limiter.permit(estimate) as permit:
                 try:
-                    more = await client.chat(request)
+                    more = await client.send(Api(run.api), request)
                 except EndpointError as exc:
                     return self._refused(run, limiter, permit, exc, started_at, t0)
                 permit.settle(more.total_tokens, more.rate_limits)
@@ -142,6 +143,11 @@ class Tries:
             completion_tokens=completion.completion_tokens,
             total_tokens=completion.total_tokens,
             n_honoured=honoured,
+            response_status=completion.response_status,
+            incomplete_details=completion.incomplete_details,
+            service_tier=completion.service_tier,
+            cached_tokens=completion.cached_tokens,
+            reasoning_tokens=completion.reasoning_tokens,
         )
 
     def _refused(

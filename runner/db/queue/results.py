@@ -69,6 +69,11 @@ class Outcome:
     completion_tokens: int | None = None
     total_tokens: int | None = None
     n_honoured: bool | None = None  # several samples asked: all in one response?
+    response_status: str | None = None  # responses: completed, incomplete, ...
+    incomplete_details: str | None = None
+    service_tier: str | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
     # failure fields
     error_type: str | None = None
     error_message: str | None = None
