@@ -112,6 +112,16 @@ def _shown(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
+def run_json(d: dict[str, Any]) -> str:
+    """``runner show --format json``: every stored value; an embeddings run's vectors as
+    lists of numbers (their float32 values)."""
+    if d.get("embedding") is not None:
+        from runner.kinds import vectors
+
+        d = {**d, "embedding": vectors.unpack(bytes(d["embedding"]), d["embedding_dimensions"])}
+    return json.dumps(d, default=str, indent=2)
+
+
 def run_text(d: dict[str, Any]) -> str:
     v = {name: _shown(value) for name, value in d.items()}
     lines = [
@@ -141,7 +151,18 @@ def run_text(d: dict[str, Any]) -> str:
         lines.append(f"error: {d['error_type']}{status}: {d['error_message']}")
     # The body exactly as sent: canonical JSON, the bytes request_hash is over.
     lines.append(f"--- request body ---\n{d['body']}")
-    if d["state"] == "succeeded":
+    if d["state"] == "succeeded" and d.get("embedding") is not None:
+        from runner.kinds import vectors
+
+        rows = vectors.unpack(bytes(d["embedding"]), d["embedding_dimensions"])
+        lines.append(
+            f"--- embedding: {len(rows)} vector(s) x {d['embedding_dimensions']} dimensions "
+            f"(float32, {len(d['embedding'])} bytes) ---"
+        )
+        for index, row in enumerate(rows):
+            head = ", ".join(f"{value:.6g}" for value in row[:8])
+            lines.append(f"[{index}] {head}{', ...' if len(row) > 8 else ''}")
+    elif d["state"] == "succeeded":
         outputs = json.loads(d["outputs"] or "[]")
         for index, text in enumerate(outputs):
             label = "output" if len(outputs) == 1 else f"output (choice {index})"

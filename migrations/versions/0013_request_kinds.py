@@ -8,8 +8,10 @@ Create Date: 2026-12-02 14:30:00
 job). A run of a responses job stores what that API returns beside its text:
 ``runs.response_status`` (``completed`` / ``incomplete``…) and
 ``runs.incomplete_details``; every kind may report ``service_tier`` and cached /
-reasoning token counts. ``run_results`` gains these columns at its end (PostgreSQL
-adds them in place, SQLite drops and creates the view, as 0007 does).
+reasoning token counts. An embeddings run keeps its vectors as float32 bytes
+(``runs.embedding``, ``runs.embedding_dimensions``). ``run_results`` gains these
+columns at its end (PostgreSQL adds them in place, SQLite drops and creates the view,
+as 0007 does).
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ NEW_COLUMNS = """,
     r.incomplete_details AS incomplete_details,
     r.service_tier AS service_tier,
     r.cached_tokens AS cached_tokens,
-    r.reasoning_tokens AS reasoning_tokens"""
+    r.reasoning_tokens AS reasoning_tokens,
+    r.embedding AS embedding,
+    r.embedding_dimensions AS embedding_dimensions"""
 
 # 0005's, unchanged: PostgreSQL drops it with run_results on the way down.
 FINGERPRINT_HISTORY = """
@@ -115,6 +119,8 @@ def upgrade() -> None:
         ("service_tier", sa.String(50)),
         ("cached_tokens", sa.Integer()),
         ("reasoning_tokens", sa.Integer()),
+        ("embedding", sa.LargeBinary()),
+        ("embedding_dimensions", sa.Integer()),
     ):
         op.add_column("runs", sa.Column(name, kind, nullable=True))
     _replace_run_results(NEW_COLUMNS)
@@ -127,6 +133,8 @@ def downgrade() -> None:
     op.execute(f"CREATE VIEW run_results AS {RUN_RESULTS.format(extra='')}")
     op.execute(FINGERPRINT_HISTORY)
     for name in (
+        "embedding_dimensions",
+        "embedding",
         "reasoning_tokens",
         "cached_tokens",
         "service_tier",

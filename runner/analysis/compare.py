@@ -37,6 +37,7 @@ from runner.db import queue
 from runner.db.models import Batch, FingerprintGroup, Job, Round, Run, RunState
 from runner.db.types import utcnow
 from runner.errors import NotFoundError, RunnerError
+from runner.kinds.vectors import cosine_similarity
 from runner.report import resolve_batch
 
 UNFINISHED = (RunState.QUEUED.value, RunState.RUNNING.value)
@@ -65,6 +66,8 @@ class Result:
     error_message: str | None = None
     api: str = "chat"  # the job's request kind
     response_status: str | None = None  # responses: completed, incomplete, ...
+    embedding: bytes | None = None  # embeddings: the vectors (runner.kinds.vectors)
+    embedding_dimensions: int = 0
 
     @property
     def incomplete(self) -> bool:
@@ -117,19 +120,29 @@ def compare_pair(a: Result, b: Result) -> Item:
     same_request = a.sent_hash == b.sent_hash
     if not (a.ok and b.ok):
         return Item(a.key, a, b, same_request, False, None, None, None, None, None, None)
+    vectors = a.embedding is not None and b.embedding is not None
     return Item(
         key=a.key,
         a=a,
         b=b,
         same_request=same_request,
-        exact_match=a.outputs == b.outputs,
-        similarity=similarity(a.text, b.text),
-        divergence_offset=divergence_offset(a.text, b.text),
+        # Embeddings: the same float32 bytes, and the mean cosine similarity of the vectors.
+        exact_match=a.embedding == b.embedding if vectors else a.outputs == b.outputs,
+        similarity=_vector_likeness(a, b) if vectors else similarity(a.text, b.text),
+        divergence_offset=None if vectors else divergence_offset(a.text, b.text),
         fingerprint=fingerprint_group(a.fingerprint, b.fingerprint),
         same_model=a.response_model == b.response_model,
         prompt_tokens_delta=_delta(a.prompt_tokens, b.prompt_tokens),
         completion_tokens_delta=_delta(a.completion_tokens, b.completion_tokens),
     )
+
+
+def _vector_likeness(a: Result, b: Result) -> float | None:
+    if a.embedding is None or b.embedding is None:
+        return None
+    if a.embedding_dimensions != b.embedding_dimensions:
+        return None
+    return cosine_similarity(a.embedding, b.embedding, a.embedding_dimensions)
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -353,6 +366,8 @@ async def load_round(
             Run.error_message,
             Job.api,
             Run.response_status,
+            Run.embedding,
+            Run.embedding_dimensions,
         )
         .join(Job, Job.id == Run.job_id)
         .join(Round, Round.id == Run.round_id)
@@ -379,6 +394,8 @@ async def load_round(
             error_message=row.error_message,
             api=row.api,
             response_status=row.response_status,
+            embedding=row.embedding,
+            embedding_dimensions=row.embedding_dimensions or 0,
         )
         for row in rows
     }
@@ -439,7 +456,11 @@ async def _with_embeddings(
             )
         name = used[0]
     config = settings.endpoint(name, option=option)
-    pairs = [(i.a.text, i.b.text) if i.a.ok and i.b.ok else None for i in items]
+    # Embeddings jobs have no text to embed: their vectors are compared as they are.
+    pairs = [
+        (i.a.text, i.b.text) if i.a.ok and i.b.ok and i.a.api != "embeddings" else None
+        for i in items
+    ]
     distances = await embedding_distances(config, options.model, pairs)
     return [replace(i, embedding_distance=d) for i, d in zip(items, distances, strict=True)], name
 

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -186,6 +187,9 @@ class Run(Base):
     service_tier: Mapped[str | None] = mapped_column(String(50))
     cached_tokens: Mapped[int | None] = mapped_column(Integer)
     reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
+    # Embeddings: every input's vector as little-endian float32, back to back.
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    embedding_dimensions: Mapped[int | None] = mapped_column(Integer)
     # Failure: the last error.
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_status: Mapped[int | None] = mapped_column(Integer)

@@ -41,6 +41,8 @@ class Completion:
     service_tier: str | None = None
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    embedding: bytes | None = None  # embeddings: every vector as float32 bytes
+    embedding_dimensions: int | None = None
 
 
 class EndpointError(Exception):

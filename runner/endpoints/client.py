@@ -184,8 +184,8 @@ def _completion(http: httpx2.Response, api: Api) -> Completion:
             request_id=http.headers.get("x-request-id") or None,
         ) from exc
     model, ident = data.get("model"), data.get("id")
+    fields.setdefault("response", text)
     return Completion(
-        response=text,
         model=model if isinstance(model, str) else None,
         request_id=http.headers.get("x-request-id") or (ident if isinstance(ident, str) else None),
         http_status=http.status_code,

@@ -12,7 +12,13 @@ optional fields, and the SDK is as lenient). A body that is not the kind's shape
   exists in this API, so none is stored (never one made up). A ``failed`` response is
   an error, not an output.
 
-Both report usage with cached and reasoning token details and ``service_tier``.
+* embeddings: every input's vector in index order (floats, or ``base64`` float32),
+  packed as float32 bytes (``runner.kinds.vectors``); the stored response is the body
+  with each ``embedding`` value replaced by ``null`` (``""`` for base64; the vectors are
+  in the blob, not repeated as JSON text). There is no text output.
+
+Chat and responses report usage with cached and reasoning token details and
+``service_tier``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from runner.kinds import Api
+from runner.kinds import Api, vectors
 
 __all__ = ["read"]
 
@@ -108,6 +114,34 @@ def _responses(data: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _embeddings(data: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
+    items = data.get("data")
+    if not isinstance(items, list) or not items:
+        raise ValueError("the response has no data list")
+    rows = []
+    for item in sorted(items, key=lambda i: i.get("index") or 0 if isinstance(i, dict) else 0):
+        value = item.get("embedding") if isinstance(item, dict) else None
+        if isinstance(value, str):
+            rows.append(vectors.decode_base64(value))
+        elif isinstance(value, list) and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value
+        ):
+            rows.append([float(v) for v in value])
+        else:
+            raise ValueError("an embedding is neither a list of numbers nor base64")
+    blob, dimensions = vectors.pack(rows)
+    return {
+        "response": json.dumps(vectors.stripped(data), ensure_ascii=False, separators=(",", ":")),
+        "outputs": (None,),
+        "finish_reason": None,
+        "system_fingerprint": None,
+        "prompt_tokens": _int(usage.get("prompt_tokens")),
+        "completion_tokens": None,
+        "embedding": blob,
+        "embedding_dimensions": dimensions,
+    }
+
+
 def read(api: Api, data: Any) -> dict[str, Any]:
     """The kind-dependent ``Completion`` fields of a decoded body; ValueError if it is not
     a body of this kind."""
@@ -115,7 +149,8 @@ def read(api: Api, data: Any) -> dict[str, Any]:
         raise ValueError("the body is not a JSON object")
     raw = data.get("usage")
     usage: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    fields = _responses(data, usage) if api is Api.RESPONSES else _chat(data, usage)
+    reader = {Api.RESPONSES: _responses, Api.EMBEDDINGS: _embeddings}.get(api, _chat)
+    fields = reader(data, usage)
     fields["total_tokens"] = _int(usage.get("total_tokens"))
     fields["service_tier"] = _str(data.get("service_tier"))
     return fields

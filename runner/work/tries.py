@@ -134,7 +134,10 @@ class Tries:
             http_status=completion.http_status,
             response=completion.response,
             output=completion.outputs[0],
-            outputs=json.dumps(list(completion.outputs), ensure_ascii=False),
+            # An embeddings run has vectors, not text: no outputs list to store.
+            outputs=None
+            if completion.embedding is not None
+            else json.dumps(list(completion.outputs), ensure_ascii=False),
             finish_reason=completion.finish_reason,
             response_model=completion.model,
             system_fingerprint=completion.system_fingerprint,
@@ -148,6 +151,8 @@ class Tries:
             service_tier=completion.service_tier,
             cached_tokens=completion.cached_tokens,
             reasoning_tokens=completion.reasoning_tokens,
+            embedding=completion.embedding,
+            embedding_dimensions=completion.embedding_dimensions,
         )
 
     def _refused(

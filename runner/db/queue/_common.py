@@ -174,4 +174,6 @@ _SUCCESS_COLUMNS = (
     "service_tier",
     "cached_tokens",
     "reasoning_tokens",
+    "embedding",
+    "embedding_dimensions",
 )

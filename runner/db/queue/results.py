@@ -74,6 +74,8 @@ class Outcome:
     service_tier: str | None = None
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    embedding: bytes | None = None  # embeddings: the vectors (runner.kinds.vectors)
+    embedding_dimensions: int | None = None
     # failure fields
     error_type: str | None = None
     error_message: str | None = None
