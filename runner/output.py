@@ -87,6 +87,12 @@ def status_text(statuses: Sequence[BatchStatus], prices: Mapping[str, Price] | N
                     f"    incomplete: {rnd.incomplete} responses cut short "
                     "(status incomplete: see incomplete_details)"
                 )
+            if rnd.schema_checked:
+                share = rnd.schema_valid / rnd.schema_checked
+                lines.append(
+                    f"    json schema: {rnd.schema_valid}/{rnd.schema_checked} outputs valid "
+                    f"({share:.1%})"
+                )
             if rnd.fingerprints:
                 shown = ", ".join(f or "null" for f in rnd.fingerprints)
                 lines.append(f"    system_fingerprint: {shown}")

@@ -36,6 +36,9 @@ class RoundStatus:
     # request kind (jobs.api) -> runs; succeeded responses whose status is "incomplete"
     kinds: dict[str, int] = field(default_factory=dict)
     incomplete: int = 0
+    # Runs of jobs with a JSON schema: how many succeeded, and how many of those are valid.
+    schema_checked: int = 0
+    schema_valid: int = 0
 
     def cost(self, prices: Mapping[str, Price]) -> tuple[float | None, list[str]]:
         """USD cost of the tokens used, or None with the models that have no price."""
@@ -127,6 +130,14 @@ async def _round_status(conn: AsyncConnection, rnd: Any) -> RoundStatus:
             Run.response_status == "incomplete",
         )
     )
+    checked, valid = (
+        await conn.execute(
+            select(
+                func.count(Run.schema_valid),
+                func.count(Run.schema_valid).filter(Run.schema_valid.is_(True)),
+            ).where(Run.round_id == rnd.id, Run.state == RunState.SUCCEEDED.value)
+        )
+    ).one()
     return RoundStatus(
         number=rnd.number,
         trigger=rnd.trigger,
@@ -141,6 +152,8 @@ async def _round_status(conn: AsyncConnection, rnd: Any) -> RoundStatus:
         model=rnd.model,
         kinds={str(api): int(count) for api, count in kinds},
         incomplete=int(incomplete or 0),
+        schema_checked=int(checked or 0),
+        schema_valid=int(valid or 0),
     )
 
 

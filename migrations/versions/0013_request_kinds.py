@@ -9,9 +9,11 @@ job). A run of a responses job stores what that API returns beside its text:
 ``runs.response_status`` (``completed`` / ``incomplete``…) and
 ``runs.incomplete_details``; every kind may report ``service_tier`` and cached /
 reasoning token counts. An embeddings run keeps its vectors as float32 bytes
-(``runs.embedding``, ``runs.embedding_dimensions``). ``run_results`` gains these
-columns at its end (PostgreSQL adds them in place, SQLite drops and creates the view,
-as 0007 does).
+(``runs.embedding``, ``runs.embedding_dimensions``); a run of a job with a JSON
+schema says whether its outputs follow it (``runs.schema_valid``); a drift report
+gives the share of valid outputs (``drift_reports.schema_valid_rate``).
+``run_results`` gains the runs' new columns at its end (PostgreSQL adds them in place,
+SQLite drops and creates the view, as 0007 does).
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ NEW_COLUMNS = """,
     r.cached_tokens AS cached_tokens,
     r.reasoning_tokens AS reasoning_tokens,
     r.embedding AS embedding,
-    r.embedding_dimensions AS embedding_dimensions"""
+    r.embedding_dimensions AS embedding_dimensions,
+    r.schema_valid AS schema_valid"""
 
 # 0005's, unchanged: PostgreSQL drops it with run_results on the way down.
 FINGERPRINT_HISTORY = """
@@ -121,8 +124,10 @@ def upgrade() -> None:
         ("reasoning_tokens", sa.Integer()),
         ("embedding", sa.LargeBinary()),
         ("embedding_dimensions", sa.Integer()),
+        ("schema_valid", sa.Boolean()),
     ):
         op.add_column("runs", sa.Column(name, kind, nullable=True))
+    op.add_column("drift_reports", sa.Column("schema_valid_rate", sa.Float(), nullable=True))
     _replace_run_results(NEW_COLUMNS)
 
 
@@ -132,7 +137,9 @@ def downgrade() -> None:
     op.execute("DROP VIEW run_results")
     op.execute(f"CREATE VIEW run_results AS {RUN_RESULTS.format(extra='')}")
     op.execute(FINGERPRINT_HISTORY)
+    op.drop_column("drift_reports", "schema_valid_rate")
     for name in (
+        "schema_valid",
         "embedding_dimensions",
         "embedding",
         "reasoning_tokens",

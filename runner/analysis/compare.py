@@ -68,6 +68,7 @@ class Result:
     response_status: str | None = None  # responses: completed, incomplete, ...
     embedding: bytes | None = None  # embeddings: the vectors (runner.kinds.vectors)
     embedding_dimensions: int = 0
+    schema_valid: bool | None = None  # a JSON schema asked: do its outputs follow it?
 
     @property
     def incomplete(self) -> bool:
@@ -192,6 +193,9 @@ class Summary:
     kinds: dict[str, int] = field(default_factory=dict)  # request kind -> matched jobs
     incomplete_a: int = 0  # succeeded responses cut short (status incomplete) in A
     incomplete_b: int = 0
+    # (valid, checked): succeeded runs with a JSON schema, and those that follow it, in A
+    schema_a: tuple[int, int] = (0, 0)
+    schema_b: tuple[int, int] = (0, 0)
 
     @property
     def exact_match_rate(self) -> float:
@@ -220,7 +224,14 @@ def summarize(items: Sequence[Item], *, only_a: int = 0, only_b: int = 0) -> Sum
         kinds=dict(sorted(Counter(i.a.api for i in items).items())),
         incomplete_a=sum(i.a.incomplete for i in items),
         incomplete_b=sum(i.b.incomplete for i in items),
+        schema_a=_schema_counts([i.a for i in items]),
+        schema_b=_schema_counts([i.b for i in items]),
     )
+
+
+def _schema_counts(results: Sequence[Result]) -> tuple[int, int]:
+    checked = [r.schema_valid for r in results if r.ok and r.schema_valid is not None]
+    return sum(checked), len(checked)
 
 
 def changed_most(items: Sequence[Item], limit: int) -> list[Item]:
@@ -368,6 +379,7 @@ async def load_round(
             Run.response_status,
             Run.embedding,
             Run.embedding_dimensions,
+            Run.schema_valid,
         )
         .join(Job, Job.id == Run.job_id)
         .join(Round, Round.id == Run.round_id)
@@ -396,6 +408,7 @@ async def load_round(
             response_status=row.response_status,
             embedding=row.embedding,
             embedding_dimensions=row.embedding_dimensions or 0,
+            schema_valid=row.schema_valid,
         )
         for row in rows
     }

@@ -190,6 +190,8 @@ class Run(Base):
     # Embeddings: every input's vector as little-endian float32, back to back.
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
     embedding_dimensions: Mapped[int | None] = mapped_column(Integer)
+    # A job with a JSON schema: whether every output follows it (NULL: no schema asked).
+    schema_valid: Mapped[bool | None] = mapped_column(Boolean)
     # Failure: the last error.
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_status: Mapped[int | None] = mapped_column(Integer)
@@ -418,6 +420,8 @@ class DriftReport(Base):
     # The distribution test's p-value (NULL: none made) and the alpha it was judged at.
     p_value: Mapped[float | None] = mapped_column(Float)
     alpha: Mapped[float | None] = mapped_column(Float)
+    # Share of the round's runs with a JSON schema whose outputs follow it (NULL: none).
+    schema_valid_rate: Mapped[float | None] = mapped_column(Float)
     on_drift_command: Mapped[str | None] = mapped_column(Text)
     on_drift_state: Mapped[str | None] = mapped_column(String(20))
     on_drift_worker: Mapped[str | None] = mapped_column(String(200))

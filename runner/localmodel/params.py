@@ -5,8 +5,8 @@ body into a frozen request spec or raises :class:`RequestError` naming the offen
 parameter, the way the OpenAI API answers (HTTP 400, ``invalid_request_error``). Unknown
 top-level keys are rejected ("Unrecognized request argument supplied: X"); parameters that
 cannot change the text (``user``, ``metadata``, ``store``...) are checked and accepted;
-features the local model does not have (tools, audio, streaming, json_schema) are refused
-with a message that says so.
+features the local model does not have (tools, audio, streaming) are refused with a
+message that says so.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from runner.localmodel.model import MAX_TOP_LOGPROBS
+from runner.localmodel.structured import parse_schema
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -85,7 +86,8 @@ class ChatRequest:
     frequency_penalty: float
     logprobs: bool
     top_logprobs: int | None
-    response_format: Literal["text", "json_object"]
+    response_format: OutputFormat
+    json_schema: dict[str, Any] | None = None  # json_schema format: the schema to follow
 
     @property
     def prompt(self) -> str:
@@ -206,6 +208,7 @@ def _reject_unknown(body: dict[str, Any], known: frozenset[str]) -> None:
 
 # Content part types of chat messages: the key holding each one's text.
 CHAT_TEXT_PARTS: dict[str, str] = {"text": "text", "refusal": "refusal"}
+CHAT_IMAGE_PARTS: dict[str, str] = {"image_url": "image_url"}
 
 
 def content_text(
@@ -294,7 +297,11 @@ def _messages(body: dict[str, Any]) -> tuple[ChatMessage, ...]:
         content = item.get("content")
         if content is None and role != "assistant":
             raise _missing(f"{where}.content")
-        text = "" if content is None else content_text(content, f"{where}.content")
+        text = (
+            ""
+            if content is None
+            else content_text(content, f"{where}.content", image_parts=CHAT_IMAGE_PARTS)
+        )
         name = item.get("name")
         if name is not None and not isinstance(name, str):
             raise _type_error(f"{where}.name", name, "a string")
@@ -320,16 +327,26 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def format_kind(value: object, param: str) -> Literal["text", "json_object"]:
+OutputFormat = Literal["text", "json_object", "json_schema"]
+
+
+def format_kind(
+    value: object, param: str, schema_in: str | None
+) -> tuple[OutputFormat, dict[str, Any] | None]:
     """The output format asked for by ``value`` (chat's ``response_format``, the Responses
-    API's ``text.format``, named ``param``): ``text`` or ``json_object``."""
+    API's ``text.format``, named ``param``), and its JSON schema for ``json_schema``:
+    found under ``value[schema_in]`` (chat's ``json_schema``), or in ``value`` itself."""
     if value is None:
-        return "text"
+        return "text", None
     if not isinstance(value, dict):
         raise _type_error(param, value, "an object")
     kind = value.get("type")
     if kind == "json_schema":
-        raise _unsupported(param, "json_schema; use {'type': 'json_object'}")
+        where = f"{param}.{schema_in}" if schema_in else param
+        problem, schema = parse_schema(value.get(schema_in) if schema_in else value, where)
+        if problem:
+            raise RequestError(problem, where)
+        return "json_schema", schema
     if kind not in ("text", "json_object"):
         raise RequestError(
             f"Invalid value for '{param}.type': {kind!r}. Supported values are: "
@@ -337,7 +354,7 @@ def format_kind(value: object, param: str) -> Literal["text", "json_object"]:
             f"{param}.type",
             code="invalid_value",
         )
-    return "json_object" if kind == "json_object" else "text"
+    return ("json_object" if kind == "json_object" else "text"), None
 
 
 def check_stream(body: dict[str, Any]) -> None:
@@ -429,7 +446,11 @@ def parse_chat_request(body: object) -> ChatRequest:
         raise RequestError(
             "Invalid 'top_logprobs': it may only be set when 'logprobs' is true.", "top_logprobs"
         )
-    response_format = format_kind(body.get("response_format"), "response_format")
+    response_format, schema = format_kind(
+        body.get("response_format"), "response_format", "json_schema"
+    )
+    if schema is not None and logprobs:
+        raise _unsupported("logprobs", "with a json_schema response_format")
     if response_format == "json_object" and not any(
         "json" in message.content.lower() for message in messages
     ):
@@ -453,6 +474,7 @@ def parse_chat_request(body: object) -> ChatRequest:
         logprobs=logprobs,
         top_logprobs=(top_logprobs or 0) if logprobs else None,
         response_format=response_format,
+        json_schema=schema,
     )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from runner.localmodel.model import MAX_TOP_LOGPROBS, Generation
 from runner.localmodel.params import (
@@ -28,6 +28,7 @@ from runner.localmodel.params import (
     MAX_COMPLETION_TOKENS,
     ChatMessage,
     ChatRequest,
+    OutputFormat,
     RequestError,
     _boolean,
     _check_ignored,
@@ -72,7 +73,7 @@ class ResponsesRequest:
     chat: ChatRequest
     body: dict[str, Any]  # the request as sent, for the echoed fields of the response
     max_output_tokens: int | None
-    text_format: Literal["text", "json_object"]
+    text_format: OutputFormat
 
 
 def _input_messages(body: dict[str, Any]) -> list[ChatMessage]:
@@ -101,17 +102,17 @@ def _input_messages(body: dict[str, Any]) -> list[ChatMessage]:
     return messages
 
 
-def _text_format(body: dict[str, Any]) -> Literal["text", "json_object"]:
+def _text_format(body: dict[str, Any]) -> tuple[OutputFormat, dict[str, Any] | None]:
     text = body.get("text")
     if text is None:
-        return "text"
+        return "text", None
     if not isinstance(text, dict):
         raise _type_error("text", text, "an object")
     for key in text:
         if key not in ("format", "verbosity"):
             raise RequestError(f"Unrecognized field: 'text.{key}'.", f"text.{key}")
     _string(text, "verbosity")
-    return format_kind(text.get("format"), "text.format")
+    return format_kind(text.get("format"), "text.format", None)
 
 
 def _check_features(body: dict[str, Any]) -> None:
@@ -160,7 +161,7 @@ def parse_responses_request(body: object) -> ResponsesRequest:
     _check_ignored(body)
     limit = _integer(body, "max_output_tokens", MIN_OUTPUT_TOKENS, MAX_COMPLETION_TOKENS)
     top_logprobs = _integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
-    text_format = _text_format(body)
+    text_format, schema = _text_format(body)
     if text_format == "json_object" and not any(
         "json" in message.content.lower() for message in messages
     ):
@@ -184,6 +185,7 @@ def parse_responses_request(body: object) -> ResponsesRequest:
         logprobs=False,
         top_logprobs=None,
         response_format=text_format,
+        json_schema=schema,
     )
     del top_logprobs  # checked; the local model returns no logprobs in this API
     return ResponsesRequest(chat=chat, body=body, max_output_tokens=limit, text_format=text_format)
@@ -229,7 +231,7 @@ def response_body(
         "store": body.get("store", True),
         "temperature": request.chat.temperature,
         "text": {
-            "format": {"type": request.text_format},
+            "format": (body.get("text") or {}).get("format") or {"type": "text"},
             "verbosity": (body.get("text") or {}).get("verbosity", "medium"),
         },
         "tool_choice": body.get("tool_choice", "auto"),

@@ -59,6 +59,7 @@ from runner.localmodel.responses import (
     parse_responses_request,
     response_body,
 )
+from runner.localmodel.structured import instance
 from runner.localmodel.tokenizer import count_tokens, tokenize
 
 __all__ = [
@@ -382,10 +383,13 @@ class LocalModelService:
             frequency_penalty=request.frequency_penalty,
             top_logprobs=request.top_logprobs,
         )
-        return [
+        drawn = [
             self._model.generate(request.prompt, sampling, rng, self.divergence(request))
             for rng in self.choice_rngs(request)
-        ], wrapper
+        ]
+        if request.json_schema is not None:
+            drawn = [_structured(request, generation) for generation in drawn]
+        return drawn, wrapper
 
     def _chat(self, request: ChatRequest) -> dict[str, Any]:
         prompt_tokens = prompt_tokens_of(request)
@@ -507,6 +511,22 @@ def _logprobs(entries: tuple[TokenLogprob, ...], json_mode: bool, k: int) -> lis
         for e in entries
     ]
     return [forced(t) for t in _JSON_PREFIX] + escaped + [forced(t) for t in _JSON_SUFFIX]
+
+
+def _structured(request: ChatRequest, generation: Generation) -> Generation:
+    """The reply to a ``json_schema`` request: an instance of its schema made from the
+    drawn text, cut at the request's token limit like any reply (then it is broken JSON,
+    as a real model's is: see ``runner.localmodel.structured``)."""
+    assert request.json_schema is not None
+    tokens = tokenize(instance(request.json_schema, generation.text))
+    cut = len(tokens) > request.max_tokens
+    kept = tuple(tokens[: request.max_tokens])
+    return Generation(
+        text="".join(kept),
+        tokens=kept,
+        completion_tokens=len(kept),
+        finish_reason="length" if cut else "stop",
+    )
 
 
 def json_object_text(text: str) -> str:

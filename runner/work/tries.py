@@ -29,7 +29,7 @@ from runner.config import WorkerConfig
 from runner.db.queue import ClaimedRun, Outcome, samples_asked, with_changes
 from runner.endpoints import Completion, EndpointError
 from runner.endpoints.client import EndpointPool
-from runner.kinds import Api
+from runner.kinds import Api, schemas
 from runner.logs import run_context
 from runner.ratelimit import EndpointLimiter, Limits, Permit, estimate_tokens
 from runner.work.stats import WorkerStats
@@ -153,6 +153,8 @@ class Tries:
             reasoning_tokens=completion.reasoning_tokens,
             embedding=completion.embedding,
             embedding_dimensions=completion.embedding_dimensions,
+            # An output that breaks its schema is still the endpoint's answer: stored.
+            schema_valid=schemas.verdict(run.api, run.body, completion.outputs),
         )
 
     def _refused(

@@ -35,6 +35,7 @@ LINES = [
             "model": "gpt-4o-mini",
             "instructions": "Be brief.",
             "input": "Write about the ocean tides.",
+            "temperature": 0,  # greedy: its text runs on past 16 tokens, every time
             "max_output_tokens": 16,
         },
     },
@@ -81,7 +82,7 @@ def _run_replay_compare_export(db_url: str, path: Path, endpoint: str) -> None:
         assert cut[4] == "incomplete"
         assert json.loads(cut[5]) == {"reason": "max_output_tokens"}
         assert cut[6] is None and greedy[6] is None  # no fingerprint in this API: never made up
-        assert greedy[4] == "incomplete"  # greedy text loops past 40 tokens
+        assert greedy[4] == "incomplete"  # greedy text runs on past 40 tokens
         assert cut[7] and cut[8] == 0 and cut[9] == 0 and cut[10] == "default"
 
     code, out, err = invoke(db_url, "status", "mixed")

@@ -176,4 +176,5 @@ _SUCCESS_COLUMNS = (
     "reasoning_tokens",
     "embedding",
     "embedding_dimensions",
+    "schema_valid",
 )

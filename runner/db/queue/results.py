@@ -76,6 +76,7 @@ class Outcome:
     reasoning_tokens: int | None = None
     embedding: bytes | None = None  # embeddings: the vectors (runner.kinds.vectors)
     embedding_dimensions: int | None = None
+    schema_valid: bool | None = None  # a JSON schema asked: do all outputs follow it?
     # failure fields
     error_type: str | None = None
     error_message: str | None = None
