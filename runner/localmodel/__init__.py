@@ -17,6 +17,7 @@ Modules
     service     the transport-agnostic protocol core (``LocalModelService.handle``, and
                 ``complete`` for a body as a dict), seeding, server-side noise
     transport   ``httpx2`` transports for the openai SDK, no socket
+    streaming   ``stream: true`` replies as server-sent events (for ``server``)
     server      Starlette + uvicorn, with latency, rate limits and faults (import it
                 explicitly: it pulls in the server stack)
 """

@@ -1,7 +1,8 @@
 """The local model over real HTTP: a Starlette app, served by uvicorn, with test knobs.
 
-This module owns what only exists on the wire: simulated latency, OpenAI-style rate limits
-(requests and tokens per minute, HTTP 429 with ``Retry-After`` and the
+This module owns what only exists on the wire: streamed replies (``stream: true``, as
+server-sent events: ``runner.localmodel.streaming``), simulated latency, OpenAI-style
+rate limits (requests and tokens per minute, HTTP 429 with ``Retry-After`` and the
 ``x-ratelimit-*`` headers on every response), and injected faults (500, 503, a hang that
 outlives the client's timeout, a dropped connection). Everything else is
 :class:`LocalModelService`, the same core the in-process transport uses.
@@ -30,17 +31,19 @@ import anyio.to_thread
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from runner.localmodel.service import (
     MODEL_ID,
     LocalModelService,
+    LocalResponse,
     check_fingerprints,
     check_nondeterminism,
     error_body,
 )
+from runner.localmodel.streaming import stream, wants_stream
 
 __all__ = [
     "FAULT_KINDS",
@@ -287,6 +290,8 @@ def create_app(options: ServerOptions, service: LocalModelService | None = None)
         if options.fail_rate > 0 and fault_rng.random() < options.fail_rate:
             kind = options.faults[fault_rng.randrange(len(options.faults))]
             response = _fault_response(kind, options.hang_s, fault_rng)
+        elif (streamed := wants_stream(method, path, body)) is not None:
+            response = _streamed(service, method, path, streamed)
         else:
             if tokens > _OFFLOAD_TOKENS:
                 answer = await anyio.to_thread.run_sync(service.handle, method, path, body)
@@ -298,6 +303,17 @@ def create_app(options: ServerOptions, service: LocalModelService | None = None)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     return Starlette(routes=[Route("/{path:path}", endpoint, methods=methods)])
+
+
+def _streamed(
+    service: LocalModelService, method: str, path: str, body: dict[str, object]
+) -> Response:
+    """``stream: true``: the reply as server-sent events (``runner.localmodel.streaming``)."""
+    answer = stream(service, method, path, body)
+    if isinstance(answer, LocalResponse):
+        return Response(answer.body, status_code=answer.status, headers=answer.headers)
+    headers, events = answer
+    return StreamingResponse(events, headers=headers, media_type="text/event-stream")
 
 
 class _Server(uvicorn.Server):
