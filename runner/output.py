@@ -147,6 +147,8 @@ def run_text(d: dict[str, Any]) -> str:
             f"tokens: {v['prompt_tokens']} prompt + {v['completion_tokens']} completion = "
             f"{v['total_tokens']}  latency: {latency}  finish_reason: {v['finish_reason']}"
         )
+        if d.get("tool_calls") is not None:
+            lines.append(f"tool calls: {d['tool_calls']}")
         if d.get("response_status") is not None:
             lines.append(
                 f"response status: {v['response_status']}  "

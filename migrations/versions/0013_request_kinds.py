@@ -10,7 +10,8 @@ job). A run of a responses job stores what that API returns beside its text:
 ``runs.incomplete_details``; every kind may report ``service_tier`` and cached /
 reasoning token counts. An embeddings run keeps its vectors as float32 bytes
 (``runs.embedding``, ``runs.embedding_dimensions``); a run of a job with a JSON
-schema says whether its outputs follow it (``runs.schema_valid``); a drift report
+schema says whether its outputs follow it (``runs.schema_valid``); tool calls are kept
+as canonical name + arguments (``runs.tool_calls``); a drift report
 gives the share of valid outputs (``drift_reports.schema_valid_rate``).
 ``run_results`` gains the runs' new columns at its end (PostgreSQL adds them in place,
 SQLite drops and creates the view, as 0007 does).
@@ -78,7 +79,8 @@ NEW_COLUMNS = """,
     r.reasoning_tokens AS reasoning_tokens,
     r.embedding AS embedding,
     r.embedding_dimensions AS embedding_dimensions,
-    r.schema_valid AS schema_valid"""
+    r.schema_valid AS schema_valid,
+    r.tool_calls AS tool_calls"""
 
 # 0005's, unchanged: PostgreSQL drops it with run_results on the way down.
 FINGERPRINT_HISTORY = """
@@ -125,6 +127,7 @@ def upgrade() -> None:
         ("embedding", sa.LargeBinary()),
         ("embedding_dimensions", sa.Integer()),
         ("schema_valid", sa.Boolean()),
+        ("tool_calls", sa.Text()),
     ):
         op.add_column("runs", sa.Column(name, kind, nullable=True))
     op.add_column("drift_reports", sa.Column("schema_valid_rate", sa.Float(), nullable=True))
@@ -139,6 +142,7 @@ def downgrade() -> None:
     op.execute(FINGERPRINT_HISTORY)
     op.drop_column("drift_reports", "schema_valid_rate")
     for name in (
+        "tool_calls",
         "schema_valid",
         "embedding_dimensions",
         "embedding",

@@ -69,6 +69,7 @@ class Result:
     embedding: bytes | None = None  # embeddings: the vectors (runner.kinds.vectors)
     embedding_dimensions: int = 0
     schema_valid: bool | None = None  # a JSON schema asked: do its outputs follow it?
+    tool_calls: str | None = None  # canonical [{"name", "arguments"}] (runner.endpoints.kinds)
 
     @property
     def incomplete(self) -> bool:
@@ -81,7 +82,8 @@ class Result:
 
     @property
     def text(self) -> str:
-        return self.output or ""
+        """What similarity reads: the output, else the tool calls (name + arguments)."""
+        return self.output or self.tool_calls or ""
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,11 @@ def compare_pair(a: Result, b: Result) -> Item:
         b=b,
         same_request=same_request,
         # Embeddings: the same float32 bytes, and the mean cosine similarity of the vectors.
-        exact_match=a.embedding == b.embedding if vectors else a.outputs == b.outputs,
+        exact_match=(
+            a.embedding == b.embedding
+            if vectors
+            else (a.outputs, a.tool_calls) == (b.outputs, b.tool_calls)
+        ),
         similarity=_vector_likeness(a, b) if vectors else similarity(a.text, b.text),
         divergence_offset=None if vectors else divergence_offset(a.text, b.text),
         fingerprint=fingerprint_group(a.fingerprint, b.fingerprint),
@@ -380,6 +386,7 @@ async def load_round(
             Run.embedding,
             Run.embedding_dimensions,
             Run.schema_valid,
+            Run.tool_calls,
         )
         .join(Job, Job.id == Run.job_id)
         .join(Round, Round.id == Run.round_id)
@@ -409,6 +416,7 @@ async def load_round(
             embedding=row.embedding,
             embedding_dimensions=row.embedding_dimensions or 0,
             schema_valid=row.schema_valid,
+            tool_calls=row.tool_calls,
         )
         for row in rows
     }

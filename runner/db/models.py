@@ -192,6 +192,8 @@ class Run(Base):
     embedding_dimensions: Mapped[int | None] = mapped_column(Integer)
     # A job with a JSON schema: whether every output follows it (NULL: no schema asked).
     schema_valid: Mapped[bool | None] = mapped_column(Boolean)
+    # Tool calls returned (chat: the first choice's): canonical [{"name", "arguments"}].
+    tool_calls: Mapped[str | None] = mapped_column(Text)
     # Failure: the last error.
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_status: Mapped[int | None] = mapped_column(Integer)

@@ -43,6 +43,7 @@ class Completion:
     reasoning_tokens: int | None = None
     embedding: bytes | None = None  # embeddings: every vector as float32 bytes
     embedding_dimensions: int | None = None
+    tool_calls: str | None = None  # canonical JSON [{"name", "arguments"}], None if none
 
 
 class EndpointError(Exception):

@@ -18,7 +18,8 @@ optional fields, and the SDK is as lenient). A body that is not the kind's shape
   in the blob, not repeated as JSON text). There is no text output.
 
 Chat and responses report usage with cached and reasoning token details and
-``service_tier``.
+``service_tier``, and their tool calls (chat: the first choice's) as canonical JSON of
+``[{"name", "arguments"}]``, the arguments parsed, so that calls compare by meaning.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from runner.hashing import canonical_json
 from runner.kinds import Api, vectors
 
 __all__ = ["read"]
@@ -58,9 +60,29 @@ def _choices(data: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(choices, key=lambda c: c.get("index") or 0)
 
 
+def _calls(calls: list[tuple[Any, Any]]) -> str | None:
+    """Tool calls as stored: canonical JSON of ``[{"name", "arguments"}]``, the arguments
+    parsed and canonical (kept as the string sent when they are not JSON); None if none."""
+    stored = []
+    for name, arguments in calls:
+        try:
+            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except ValueError:
+            parsed = arguments
+        stored.append({"name": name, "arguments": parsed})
+    return canonical_json(stored) if stored else None
+
+
 def _chat(data: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
     choices = _choices(data)
+    raw = choices[0]["message"].get("tool_calls")
+    calls = [
+        (c["function"].get("name"), c["function"].get("arguments"))
+        for c in (raw if isinstance(raw, list) else [])
+        if isinstance(c, dict) and isinstance(c.get("function"), dict)
+    ]
     return {
+        "tool_calls": _calls(calls),
         "outputs": tuple(c["message"].get("content") for c in choices),
         "finish_reason": choices[0].get("finish_reason"),
         "system_fingerprint": _str(data.get("system_fingerprint")),
@@ -99,7 +121,15 @@ def _responses(data: dict[str, Any], usage: dict[str, Any]) -> dict[str, Any]:
         message = error.get("message") if isinstance(error, dict) else None
         raise ValueError(f"the response failed: {message or 'no error given'}")
     details = data.get("incomplete_details")
+    found = data.get("output")
+    output: list[Any] = found if isinstance(found, list) else []
+    calls = [
+        (item.get("name"), item.get("arguments"))
+        for item in output
+        if isinstance(item, dict) and item.get("type") == "function_call"
+    ]
     return {
+        "tool_calls": _calls(calls),
         "outputs": (_output_text(data.get("output")),),
         "finish_reason": None,
         "system_fingerprint": None,

@@ -50,8 +50,12 @@ class Prompt:
             for index, item in enumerate(value):
                 if isinstance(item, str):
                     yield (name, index), item
-                else:
+                elif isinstance(item["content"], str):
                     yield (name, index, "content"), item["content"]
+                else:  # content parts: the text parts are templates, images are not
+                    for part_index, part in enumerate(item["content"]):
+                        if _TEXT_KEY in part:
+                            yield (name, index, "content", part_index, "text"), part["text"]
 
     def filled(self, fill: Callable[[str], str]) -> dict[str, Any]:
         """The body's prompt fields with ``fill`` applied to every template string."""
@@ -60,13 +64,34 @@ class Prompt:
             if isinstance(value, str):
                 body[name] = fill(value)
             else:
-                body[name] = [
-                    fill(item)
-                    if isinstance(item, str)
-                    else {**item, "content": fill(item["content"])}
-                    for item in value
-                ]
+                body[name] = [_filled_item(item, fill) for item in value]
         return body
+
+
+_TEXT_KEY = "text"
+
+
+def _filled_item(item: Any, fill: Callable[[str], str]) -> Any:
+    if isinstance(item, str):
+        return fill(item)
+    content = item["content"]
+    if isinstance(content, str):
+        return {**item, "content": fill(content)}
+    parts = [{**p, "text": fill(p["text"])} if _TEXT_KEY in p else p for p in content]
+    return {**item, "content": parts}
+
+
+def _parts_problem(content: list[Any]) -> tuple[Path_, str] | None:
+    """Where a list of content parts is wrong: each a mapping with a type, text parts
+    with text (images and other parts pass as they are)."""
+    if not content:
+        return (), "must be a string or a non-empty list of content parts"
+    for index, part in enumerate(content):
+        if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
+            return (index,), "must be a content part: a mapping with a type"
+        if part["type"] in ("text", "input_text") and not isinstance(part.get("text"), str):
+            return (index, "text"), "must be a string"
+    return None
 
 
 def parse_api(data: Mapping[str, Any], lines: Lines) -> Api:
@@ -90,11 +115,20 @@ def _messages(data: Mapping[str, Any], key: str, roles: tuple[str, ...], lines: 
             lines.fail((*at, unknown[0]), f"unknown key (allowed: {', '.join(allowed)})")
         if message.get("role") not in roles:
             lines.fail((*at, "role"), f"must be one of {', '.join(roles)}")
-        if not isinstance(message.get("content"), str):
-            lines.fail((*at, "content"), "must be a string")
+        content = message.get("content")
+        if isinstance(content, list):
+            if problem := _parts_problem(content):
+                lines.fail((*at, "content", *problem[0]), problem[1])
+        elif not isinstance(content, str):
+            lines.fail((*at, "content"), "must be a string or a list of content parts")
         if "name" in message and not isinstance(message["name"], str):
             lines.fail((*at, "name"), "must be a string")
-    return [dict(m) for m in messages]
+    return [
+        {**m, "content": [dict(p) for p in m["content"]]}
+        if isinstance(m["content"], list)
+        else dict(m)
+        for m in messages
+    ]
 
 
 def _input(data: Mapping[str, Any], api: Api, lines: Lines) -> str | list[Any]:

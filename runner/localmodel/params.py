@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from runner.localmodel.model import MAX_TOP_LOGPROBS
 from runner.localmodel.structured import parse_schema
+from runner.localmodel.tools import Tool, ToolError, chosen_tool, parse_tools
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -88,6 +89,7 @@ class ChatRequest:
     top_logprobs: int | None
     response_format: OutputFormat
     json_schema: dict[str, Any] | None = None  # json_schema format: the schema to follow
+    tool: Tool | None = None  # the function this request calls instead of replying in text
 
     @property
     def prompt(self) -> str:
@@ -390,12 +392,10 @@ def _check_ignored(body: dict[str, Any]) -> None:
 def _check_unsupported(body: dict[str, Any]) -> None:
     """Features the local model lacks: accepted only in their empty or neutral form."""
     check_stream(body)
-    for key in ("tools", "functions"):
-        if body.get(key):
-            raise _unsupported(key, "the local model cannot call tools")
-    for key in ("tool_choice", "function_call"):
-        if body.get(key) not in (None, "none", "auto"):
-            raise _unsupported(key, "the local model cannot call tools")
+    if body.get("functions"):
+        raise _unsupported("functions", "use tools")
+    if body.get("function_call") not in (None, "none", "auto"):
+        raise _unsupported("function_call", "use tools and tool_choice")
     if body.get("logit_bias"):
         raise _unsupported("logit_bias", "its token ids belong to another vocabulary")
     if body.get("modalities") not in (None, ["text"]):
@@ -416,6 +416,14 @@ _CHAT_KEYS = frozenset(
         *("audio", "prediction", "web_search_options", "moderation"),
     )
 )
+
+
+def tool_to_call(body: dict[str, Any], prompt: str, *, nested: bool) -> Tool | None:
+    """The function tool the request calls (``runner.localmodel.tools``); 400 if bad."""
+    try:
+        return chosen_tool(parse_tools(body, nested), body.get("tool_choice"), prompt, nested)
+    except ToolError as exc:
+        raise RequestError(exc.message, exc.param) from None
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
@@ -451,6 +459,8 @@ def parse_chat_request(body: object) -> ChatRequest:
     )
     if schema is not None and logprobs:
         raise _unsupported("logprobs", "with a json_schema response_format")
+    prompt = next((m.content for m in reversed(messages) if m.role == "user"), "")
+    tool = tool_to_call(body, prompt, nested=True)
     if response_format == "json_object" and not any(
         "json" in message.content.lower() for message in messages
     ):
@@ -475,6 +485,7 @@ def parse_chat_request(body: object) -> ChatRequest:
         top_logprobs=(top_logprobs or 0) if logprobs else None,
         response_format=response_format,
         json_schema=schema,
+        tool=tool,
     )
 
 

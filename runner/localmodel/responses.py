@@ -44,6 +44,7 @@ from runner.localmodel.params import (
     content_text,
     format_kind,
     message_role,
+    tool_to_call,
 )
 
 __all__ = ["ResponsesRequest", "parse_responses_request", "response_body"]
@@ -118,10 +119,6 @@ def _text_format(body: dict[str, Any]) -> tuple[OutputFormat, dict[str, Any] | N
 def _check_features(body: dict[str, Any]) -> None:
     """What the local model lacks, accepted only in its empty or neutral form."""
     check_stream(body)
-    if body.get("tools"):
-        raise _unsupported("tools", "the local model cannot call tools")
-    if body.get("tool_choice") not in (None, "none", "auto"):
-        raise _unsupported("tool_choice", "the local model cannot call tools")
     _integer(body, "max_tool_calls", 1, 2**31 - 1)
     for key in ("previous_response_id", "conversation", "prompt"):
         if body.get(key) is not None:
@@ -186,6 +183,11 @@ def parse_responses_request(body: object) -> ResponsesRequest:
         top_logprobs=None,
         response_format=text_format,
         json_schema=schema,
+        tool=tool_to_call(
+            body,
+            next((m.content for m in reversed(messages) if m.role == "user"), ""),
+            nested=False,
+        ),
     )
     del top_logprobs  # checked; the local model returns no logprobs in this API
     return ResponsesRequest(chat=chat, body=body, max_output_tokens=limit, text_format=text_format)
@@ -210,6 +212,15 @@ def response_body(
         "role": "assistant",
         "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
     }
+    if request.chat.tool is not None:
+        message = {
+            "id": "fc_" + secrets.token_hex(24),
+            "type": "function_call",
+            "status": "completed",
+            "call_id": "call_" + secrets.token_hex(12),
+            "name": request.chat.tool.name,
+            "arguments": text,
+        }
     reasoning = body.get("reasoning") or {}
     return {
         "id": "resp_" + secrets.token_hex(24),
@@ -235,7 +246,7 @@ def response_body(
             "verbosity": (body.get("text") or {}).get("verbosity", "medium"),
         },
         "tool_choice": body.get("tool_choice", "auto"),
-        "tools": [],
+        "tools": body.get("tools") or [],
         "top_logprobs": body.get("top_logprobs", 0),
         "top_p": request.chat.top_p,
         "truncation": body.get("truncation", "disabled"),

@@ -387,8 +387,9 @@ class LocalModelService:
             self._model.generate(request.prompt, sampling, rng, self.divergence(request))
             for rng in self.choice_rngs(request)
         ]
-        if request.json_schema is not None:
-            drawn = [_structured(request, generation) for generation in drawn]
+        schema = request.tool.parameters if request.tool else request.json_schema
+        if schema is not None:
+            drawn = [_structured(request, generation, schema) for generation in drawn]
         return drawn, wrapper
 
     def _chat(self, request: ChatRequest) -> dict[str, Any]:
@@ -398,7 +399,10 @@ class LocalModelService:
         choices, completion_tokens = [], 0
         for index, generation in enumerate(generations):
             completion_tokens += generation.completion_tokens + wrapper
-            choices.append(_choice(index, generation, json_mode, request.top_logprobs or 0))
+            choice = _choice(index, generation, json_mode, request.top_logprobs or 0)
+            if request.tool is not None:
+                choice = _tool_choice(choice, request.tool.name, generation.text)
+            choices.append(choice)
         return {
             "id": "chatcmpl-" + secrets.token_hex(12),
             "object": "chat.completion",
@@ -513,12 +517,11 @@ def _logprobs(entries: tuple[TokenLogprob, ...], json_mode: bool, k: int) -> lis
     return [forced(t) for t in _JSON_PREFIX] + escaped + [forced(t) for t in _JSON_SUFFIX]
 
 
-def _structured(request: ChatRequest, generation: Generation) -> Generation:
-    """The reply to a ``json_schema`` request: an instance of its schema made from the
-    drawn text, cut at the request's token limit like any reply (then it is broken JSON,
-    as a real model's is: see ``runner.localmodel.structured``)."""
-    assert request.json_schema is not None
-    tokens = tokenize(instance(request.json_schema, generation.text))
+def _structured(request: ChatRequest, generation: Generation, schema: dict[str, Any]) -> Generation:
+    """The reply to a ``json_schema`` request (or a tool call's arguments): an instance of
+    its schema made from the drawn text, cut at the request's token limit like any reply
+    (then it is broken JSON, as a real model's is: see ``runner.localmodel.structured``)."""
+    tokens = tokenize(instance(schema, generation.text))
     cut = len(tokens) > request.max_tokens
     kept = tuple(tokens[: request.max_tokens])
     return Generation(
@@ -527,6 +530,18 @@ def _structured(request: ChatRequest, generation: Generation) -> Generation:
         completion_tokens=len(kept),
         finish_reason="length" if cut else "stop",
     )
+
+
+def _tool_choice(choice: dict[str, Any], name: str, arguments: str) -> dict[str, Any]:
+    """A chat choice that calls the function ``name`` instead of replying in text."""
+    call = {
+        "id": "call_" + secrets.token_hex(12),
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+    message = {**choice["message"], "content": None, "tool_calls": [call]}
+    cut = choice["finish_reason"] == "length"
+    return {**choice, "message": message, "finish_reason": "length" if cut else "tool_calls"}
 
 
 def json_object_text(text: str) -> str:

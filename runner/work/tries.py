@@ -155,6 +155,7 @@ class Tries:
             embedding_dimensions=completion.embedding_dimensions,
             # An output that breaks its schema is still the endpoint's answer: stored.
             schema_valid=schemas.verdict(run.api, run.body, completion.outputs),
+            tool_calls=completion.tool_calls,
         )
 
     def _refused(

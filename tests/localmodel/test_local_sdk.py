@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import httpx2
@@ -201,9 +202,14 @@ async def test_bad_parameters_raise_bad_request(
     assert caught.value.type == "invalid_request_error"
 
 
-async def test_stream_is_refused(client: openai.AsyncOpenAI) -> None:
-    with pytest.raises(openai.BadRequestError, match="not supported"):
-        await create(client, stream=True)
+async def test_stream_is_refused_in_process(
+    service: LocalModelService,
+    make_inprocess_client: Callable[[LocalModelService], openai.AsyncOpenAI],
+) -> None:
+    # In-process, as the runner sends: whole responses only (runner serve streams).
+    async with make_inprocess_client(service) as client:
+        with pytest.raises(openai.BadRequestError, match="not supported"):
+            await create(client, stream=True)
 
 
 async def test_missing_model_is_400(client: openai.AsyncOpenAI) -> None:

@@ -192,7 +192,7 @@ BAD_PARAMS = [
     ({"response_format": {"type": "json_object"}}, "messages"),  # no "json" in messages
     ({"stream": True}, "stream"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
     ({"logit_bias": {"50256": -100}}, "logit_bias"),
     ({"model": None}, "model"),
     ({"model": 7}, "model"),

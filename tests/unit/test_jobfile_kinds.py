@@ -200,3 +200,22 @@ def test_yaml_kind_errors_name_line_and_field(
         list(load_job_file(write(tmp_path, "k.yaml", text)).jobs())
     assert (info.value.line, info.value.field) == (line, field), str(info.value)
     assert words in str(info.value)
+
+
+def test_yaml_message_content_parts_keep_images_and_fill_text(tmp_path: Path) -> None:
+    text = (
+        "model: m\nmessages:\n  - role: user\n    content:\n"
+        "      - {type: text, text: 'Describe {thing}.'}\n"
+        "      - {type: image_url, image_url: {url: 'https://example.invalid/{thing}.png'}}\n"
+        "vars:\n  thing: [Mars]\n"
+    )
+    job = next(load_job_file(write(tmp_path, "img.yaml", text)).jobs())
+    assert json.loads(job.body)["messages"][0]["content"] == [
+        {"type": "text", "text": "Describe Mars."},
+        # not a template: an image URL is sent exactly as written
+        {"type": "image_url", "image_url": {"url": "https://example.invalid/{thing}.png"}},
+    ]
+    bad = "model: m\nmessages:\n  - role: user\n    content:\n      - {text: hi}\n"
+    with pytest.raises(JobFileError) as info:
+        list(load_job_file(write(tmp_path, "bad.yaml", bad)).jobs())
+    assert info.value.field == "messages[0].content[0]"

@@ -177,4 +177,5 @@ _SUCCESS_COLUMNS = (
     "embedding",
     "embedding_dimensions",
     "schema_valid",
+    "tool_calls",
 )

@@ -77,6 +77,7 @@ class Outcome:
     embedding: bytes | None = None  # embeddings: the vectors (runner.kinds.vectors)
     embedding_dimensions: int | None = None
     schema_valid: bool | None = None  # a JSON schema asked: do all outputs follow it?
+    tool_calls: str | None = None  # canonical JSON [{"name", "arguments"}]
     # failure fields
     error_type: str | None = None
     error_message: str | None = None
