@@ -1,6 +1,7 @@
-"""Request kinds end to end on both backends: a Batch file mixing chat and responses lines
-runs (in-process and over `runner serve`'s HTTP), replays, compares and exports; seed on a
-responses job is refused at submit with nothing stored; an incomplete response says so."""
+"""Request kinds end to end on both backends: a Batch file mixing chat, responses and
+embeddings lines runs (in-process and over `runner serve`'s HTTP), replays, compares
+and exports; seed on a responses job is refused at submit with nothing stored; an
+incomplete response says so."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 from openai.types.responses import Response
 
@@ -50,6 +52,12 @@ LINES = [
             "max_output_tokens": 40,
         },
     },
+    {
+        "custom_id": "vectors",
+        "method": "POST",
+        "url": "/v1/embeddings",
+        "body": {"model": "text-embedding-3-small", "input": ["Mars", "tides"], "dimensions": 8},
+    },
 ]
 
 
@@ -71,7 +79,7 @@ def _run_replay_compare_export(db_url: str, path: Path, endpoint: str) -> None:
         " system_fingerprint, prompt_tokens, cached_tokens, reasoning_tokens, service_tier"
         " FROM run_results ORDER BY round_number, job_key",
     )
-    assert len(rows) == 6
+    assert len(rows) == 8
     by_key = {(r[0], r[2]): r for r in rows}
     for number in (1, 2):
         chat = by_key[("chat-1", number)]
@@ -87,7 +95,7 @@ def _run_replay_compare_export(db_url: str, path: Path, endpoint: str) -> None:
 
     code, out, err = invoke(db_url, "status", "mixed")
     assert code == 0, err
-    assert "requests: 1 chat, 2 responses" in out
+    assert "requests: 1 chat, 1 embeddings, 2 responses" in out
     assert "incomplete: 2 responses cut short" in out
 
     code, out, err = invoke(db_url, "show", "mixed", "resp-cut")
@@ -105,15 +113,17 @@ def _run_replay_compare_export(db_url: str, path: Path, endpoint: str) -> None:
     assert items["resp-cut"]["api"] == "responses"
     assert items["resp-cut"]["status_a"] == items["resp-cut"]["status_b"] == "incomplete"
     assert items["resp-cut"]["fingerprint"] == "unknown"
-    assert report["summary"]["kinds"] == {"chat": 1, "responses": 2}
+    assert report["summary"]["kinds"] == {"chat": 1, "embeddings": 1, "responses": 2}
+    assert items["vectors"]["exact_match"] is True and items["vectors"]["similarity"] == 1.0
     assert report["summary"]["incomplete_a"] == report["summary"]["incomplete_b"] == 2
     code, out, err = invoke(db_url, "compare", "mixed")
-    assert "incomplete" in out and "1 chat, 2 responses" in out
+    assert "incomplete" in out and "1 chat, 1 embeddings, 2 responses" in out
 
     code, out, err = invoke(db_url, "export", "mixed", "--format", "openai-batch")
     assert code == 0, err
     lines = {line["custom_id"]: line for line in map(json.loads, out.splitlines())}
     ChatCompletion.model_validate(lines["chat-1"]["response"]["body"], strict=False)
+    CreateEmbeddingResponse.model_validate(lines["vectors"]["response"]["body"])
     response = Response.model_validate(lines["resp-cut"]["response"]["body"])
     assert response.status == "incomplete" and response.output_text
     code, out, err = invoke(db_url, "export", "mixed", "--format", "jsonl")
