@@ -43,7 +43,7 @@ from runner.localmodel.service import (
     check_nondeterminism,
     error_body,
 )
-from runner.localmodel.streaming import stream, wants_stream
+from runner.localmodel.streaming import stream, unstreamed, wants_stream
 
 __all__ = [
     "FAULT_KINDS",
@@ -278,7 +278,9 @@ def create_app(options: ServerOptions, service: LocalModelService | None = None)
     async def endpoint(request: Request) -> Response:
         body = await request.body()
         method, path = request.method, request.url.path
-        tokens = service.estimate_tokens(method, path, body)
+        streamed = wants_stream(method, path, body)
+        # A streamed request costs its tokens like any other (its whole body, unstreamed).
+        tokens = service.estimate_tokens(method, path, unstreamed(streamed) if streamed else body)
         limited = method == "POST"
         rejection = limiter.admit(tokens) if limited else None
         if rejection is not None:
@@ -290,7 +292,7 @@ def create_app(options: ServerOptions, service: LocalModelService | None = None)
         if options.fail_rate > 0 and fault_rng.random() < options.fail_rate:
             kind = options.faults[fault_rng.randrange(len(options.faults))]
             response = _fault_response(kind, options.hang_s, fault_rng)
-        elif (streamed := wants_stream(method, path, body)) is not None:
+        elif streamed is not None:
             response = _streamed(service, method, path, streamed)
         else:
             if tokens > _OFFLOAD_TOKENS:

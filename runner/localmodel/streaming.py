@@ -44,6 +44,12 @@ def wants_stream(method: str, path: str, body: bytes) -> dict[str, Any] | None:
     return decoded if isinstance(decoded, dict) and decoded.get("stream") is True else None
 
 
+def unstreamed(body: dict[str, Any]) -> bytes:
+    """The request without ``stream`` and ``stream_options``: what the service answers."""
+    whole = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    return json.dumps(whole).encode()
+
+
 def _data(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
 
@@ -109,8 +115,7 @@ def stream(
     """The events answering a streamed request, with their headers; or the service's
     error response when it refuses the request."""
     options = body.get("stream_options")
-    whole = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-    answer = service.handle(method, path, json.dumps(whole).encode())
+    answer = service.handle(method, path, unstreamed(body))
     if answer.status != 200:
         return answer
     if options is not None and not isinstance(options, dict):

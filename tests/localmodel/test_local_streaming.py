@@ -7,6 +7,7 @@ from collections.abc import Callable
 import openai
 import pytest
 
+from runner.localmodel.server import ServerOptions, running_server
 from runner.localmodel.service import LocalModelService
 
 pytestmark = pytest.mark.anyio
@@ -90,3 +91,16 @@ async def test_a_refused_streamed_request_is_a_json_error(
 def test_in_process_the_service_still_refuses_stream(service: LocalModelService) -> None:
     body = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}'
     assert service.handle("POST", "/v1/chat/completions", body).status == 400
+
+
+async def test_a_streamed_request_is_charged_its_tokens(
+    service: LocalModelService, make_http_client: Callable[..., openai.AsyncOpenAI]
+) -> None:
+    options = ServerOptions(port=0, log_level="warning", tpm=100)
+    with running_server(options, service) as url:
+        async with make_http_client(url) as client:
+            with pytest.raises(openai.RateLimitError, match="Request too large"):
+                await client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": MARS}], max_tokens=500,
+                    stream=True,
+                )  # fmt: skip
