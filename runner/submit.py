@@ -109,6 +109,7 @@ def _row(batch_id: int, job: Any) -> dict[str, Any]:
         "request_hash": job.request_hash,
         "seed": job.seed,
         "source_line": job.line,
+        "api": job.api,
     }
 
 

@@ -172,7 +172,7 @@ def serve_cmd(
     batch_max_bytes: int,
     batch_log: str | None,
 ) -> None:
-    """Serve the built-in local model over HTTP (OpenAI chat completions, embeddings, models,
+    """Serve the built-in local model over HTTP (OpenAI chat, responses, embeddings, models,
     and the Batch API: /v1/files and /v1/batches).
 
     Any OpenAI client can use it: base URL http://HOST:PORT/v1, any API key. Batches run in

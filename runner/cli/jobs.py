@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import shlex
 import sys
 from collections.abc import Callable
@@ -544,4 +543,4 @@ def show_cmd(
 
     details = obj.run(go)
     as_json = as_json or fmt == "json"
-    click.echo(json.dumps(details, default=str, indent=2) if as_json else output.run_text(details))
+    click.echo(output.run_json(details) if as_json else output.run_text(details))

@@ -117,16 +117,31 @@ def count_tokens(text: str) -> int:
 
 
 def estimate_tokens(body: Mapping[str, Any]) -> int:
-    """Tokens a request may cost: prompt (tiktoken) + max tokens x n."""
+    """Tokens a request may cost: prompt (tiktoken) + max tokens x n.
+
+    Any kind: a responses body's ``instructions`` and ``input`` (text or messages) and an
+    embeddings body's ``input`` count as its prompt, ``max_output_tokens`` as its limit."""
     prompt = 3
-    for message in body.get("messages", []):
+    given = body.get("input", [])
+    texts = [body.get("instructions"), *([given] if isinstance(given, str) else [])]
+    prompt += sum(count_tokens(text) for text in texts if isinstance(text, str))
+    items = given if isinstance(given, list) else []
+    for message in [*body.get("messages", []), *items]:
+        if isinstance(message, str):  # an embeddings input
+            prompt += count_tokens(message)
+            continue
         prompt += TOKENS_PER_MESSAGE
         content = message.get("content") if isinstance(message, Mapping) else None
         if isinstance(content, str):
             prompt += count_tokens(content)
         elif content is not None:
             prompt += count_tokens(json.dumps(content))
-    completion = body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS
+    completion = (
+        body.get("max_completion_tokens")
+        or body.get("max_tokens")
+        or body.get("max_output_tokens")
+        or DEFAULT_MAX_TOKENS
+    )
     return prompt + int(completion) * int(body.get("n") or 1)
 
 

@@ -151,6 +151,7 @@ def drift_text(rows: Sequence[DriftRow], width: int = 120) -> str:
             "no drift reports yet: one is made when a scheduled round finishes "
             "(see `runner schedule list`)"
         )
+    schemas = any(r.schema_valid_rate is not None for r in rows)
     table = _table(
         "report",
         "tick",
@@ -159,6 +160,7 @@ def drift_text(rows: Sequence[DriftRow], width: int = 120) -> str:
         "status",
         "p",
         "exact match",
+        *(["schema valid"] if schemas else []),
         "fingerprints",
         "on-drift",
     )
@@ -174,6 +176,7 @@ def drift_text(rows: Sequence[DriftRow], width: int = 120) -> str:
             r.status,
             "-" if r.p_value is None else f"{r.p_value:.3g}",
             _exact(r),
+            *([_pct(r.schema_valid_rate)] if schemas else []),
             Text(_fingerprints(r)),
             _hook(r),
         )
