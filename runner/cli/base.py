@@ -71,7 +71,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "serve": (
         "admin",
-        "Serve the built-in local model over HTTP (OpenAI chat completions, embeddings, models, "
+        "Serve the built-in local model over HTTP (OpenAI chat, responses, embeddings, models, "
         "and the Batch API: /v1/files and /v1/batches).",
     ),
     "show": (
