@@ -50,6 +50,12 @@ class RoundStatus:
     batch_tokens_by_model: dict[str, tuple[int, int]] = field(default_factory=dict)
     via: str = "sync"
     provider_batches: list[ProviderBatchStatus] = field(default_factory=list)
+    # request kind (jobs.api) -> runs; succeeded responses whose status is "incomplete"
+    kinds: dict[str, int] = field(default_factory=dict)
+    incomplete: int = 0
+    # Runs of jobs with a JSON schema: how many succeeded, and how many of those are valid.
+    schema_checked: int = 0
+    schema_valid: int = 0
 
     def cost(self, prices: Mapping[str, Price]) -> tuple[float | None, list[str]]:
         """USD cost of the tokens used, or None with the models that have no price;
@@ -135,6 +141,28 @@ async def _round_status(conn: AsyncConnection, rnd: Any) -> RoundStatus:
             .distinct()
         )
     ).scalars()
+    kinds = await conn.execute(
+        select(Job.api, func.count())
+        .select_from(Run)
+        .join(Job, Job.id == Run.job_id)
+        .where(Run.round_id == rnd.id)
+        .group_by(Job.api)
+    )
+    incomplete = await conn.scalar(
+        select(func.count()).where(
+            Run.round_id == rnd.id,
+            Run.state == RunState.SUCCEEDED.value,
+            Run.response_status == "incomplete",
+        )
+    )
+    checked, valid = (
+        await conn.execute(
+            select(
+                func.count(Run.schema_valid),
+                func.count(Run.schema_valid).filter(Run.schema_valid.is_(True)),
+            ).where(Run.round_id == rnd.id, Run.state == RunState.SUCCEEDED.value)
+        )
+    ).one()
     return RoundStatus(
         number=rnd.number,
         trigger=rnd.trigger,
@@ -150,6 +178,10 @@ async def _round_status(conn: AsyncConnection, rnd: Any) -> RoundStatus:
         batch_tokens_by_model=by_batch,
         via=rnd.via,
         provider_batches=await _provider_batches(conn, rnd.id) if rnd.via == "batch" else [],
+        kinds={str(api): int(count) for api, count in kinds},
+        incomplete=int(incomplete or 0),
+        schema_checked=int(checked or 0),
+        schema_valid=int(valid or 0),
     )
 
 
@@ -225,6 +257,7 @@ async def run_details(
             queue.sent_endpoint().label("endpoint"),
             func.coalesce(Round.model, Job.model).label("model"),
             Job.seed,
+            Job.api,
             queue.sent_hash().label("request_hash"),
             Job.body,
             Round.model.label("model_override"),
@@ -252,6 +285,8 @@ async def run_details(
         raise NotFoundError(f"no {what}")
     details = dict(row._mapping)
     model, samples = details.pop("model_override"), details.pop("samples_override")
+    if details["api"] != "chat":
+        samples = None  # only chat bodies have samples (n): see queue.sent_request
     if model is not None or samples is not None:
         details["body"] = queue.with_changes(details["body"], model=model, samples=samples)
     return details

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from runner.cli.base import Context, main, pass_context
-from runner.db import engine as db
 
 
 @main.command("serve")
@@ -173,7 +172,7 @@ def serve_cmd(
     batch_max_bytes: int,
     batch_log: str | None,
 ) -> None:
-    """Serve the built-in local model over HTTP (OpenAI chat completions, embeddings, models,
+    """Serve the built-in local model over HTTP (OpenAI chat, responses, embeddings, models,
     and the Batch API: /v1/files and /v1/batches).
 
     Any OpenAI client can use it: base URL http://HOST:PORT/v1, any API key. Batches run in
@@ -239,6 +238,8 @@ def db_group() -> None:
 @pass_context
 def db_upgrade(obj: Context, revision: str) -> None:
     """Create or upgrade the schema (needed once for PostgreSQL and after updates)."""
+    from runner.db import engine as db
+
     before, after = db.upgrade(obj.settings.database_url, revision)
     url = db.safe_url(obj.settings.database_url)
     if before == after:
@@ -251,6 +252,8 @@ def db_upgrade(obj: Context, revision: str) -> None:
 @pass_context
 def db_current(obj: Context) -> None:
     """Print the schema revision of the database and the one this version needs."""
+    from runner.db import engine as db
+
     db.require_database(obj.settings.database_url)
     engine = db.create_sync_engine(obj.settings.database_url)
     try:

@@ -26,9 +26,10 @@ import httpx2
 import openai
 
 from runner.config import EndpointConfig
-from runner.endpoints import Completion, EndpointError, ErrorKind
+from runner.endpoints import Completion, EndpointError, ErrorKind, kinds
 from runner.endpoints.sdk import RunnerOpenAI
 from runner.errors import ConfigError
+from runner.kinds import Api
 from runner.ratelimit import RateLimitInfo
 
 if TYPE_CHECKING:
@@ -185,61 +186,38 @@ def status_error(
     )
 
 
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _completion(http: httpx2.Response, api: Api) -> Completion:
+    """Read what we store from a response of ``api``'s kind."""
+    return completion_from(http.text, http.status_code, http.headers, api)
 
 
-def _choices(data: Any) -> list[dict[str, Any]]:
-    """The choices of a chat completion body, in index order; ValueError if it is not one."""
-    if not isinstance(data, dict):
-        raise ValueError("the body is not a JSON object")
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices:
-        raise ValueError("the response has no choices")
-    for choice in choices:
-        if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
-            raise ValueError("a choice has no message")
-        content = choice["message"].get("content")
-        if content is not None and not isinstance(content, str):
-            raise ValueError("a message's content is not text")
-    return sorted(choices, key=lambda c: c.get("index") or 0)
-
-
-def _completion(http: httpx2.Response) -> Completion:
-    """Read what we store from a chat completion response."""
-    return completion_from(http.text, http.status_code, http.headers)
-
-
-def completion_from(text: str, status: int, headers: Mapping[str, str]) -> Completion:
-    """Read what we store from a chat completion body, leniently as the SDK does:
-    only the shape we rely on is checked (servers differ in the optional fields)."""
+def completion_from(
+    text: str, status: int, headers: Mapping[str, str], api: Api = Api.CHAT
+) -> Completion:
+    """Read what we store from a body of ``api``'s kind (``runner.endpoints.kinds``),
+    leniently as the SDK does: only the shape we rely on is checked (servers differ in the
+    optional fields). Batch API output lines come through here too."""
     try:
         data = json.loads(text)
-        choices = _choices(data)
+        fields = kinds.read(api, data)
     except ValueError as exc:  # json.JSONDecodeError included: a transient server fault
         raise EndpointError(
             ErrorKind.RETRYABLE,
             "invalid_response",
-            f"the endpoint returned a body that is not a chat completion: {exc}"[:500],
+            f"the endpoint returned a body that is not a {api.value} response: {exc}"[:500],
             status=status,
             rate_limits=RateLimitInfo.from_headers(headers),
             body=text[:ERROR_BODY_LIMIT] or None,
             request_id=headers.get("x-request-id") or None,
         ) from exc
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    model, fingerprint, ident = data.get("model"), data.get("system_fingerprint"), data.get("id")
+    model, ident = data.get("model"), data.get("id")
+    fields.setdefault("response", text)
     return Completion(
-        response=text,
-        outputs=tuple(c["message"].get("content") for c in choices),
-        finish_reason=choices[0].get("finish_reason"),
         model=model if isinstance(model, str) else None,
-        system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
         request_id=headers.get("x-request-id") or (ident if isinstance(ident, str) else None),
-        prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-        completion_tokens=_int_or_none(usage.get("completion_tokens")),
-        total_tokens=_int_or_none(usage.get("total_tokens")),
         http_status=status,
         rate_limits=RateLimitInfo.from_headers(headers),
+        **fields,
     )
 
 
@@ -330,24 +308,27 @@ class EndpointClient:
         )
 
     async def chat(self, body: str | Mapping[str, Any]) -> Completion:
-        """Send one request body (the stored JSON text, or a mapping to serialise);
-        raise ``EndpointError`` on any failure.
+        """Send one chat completion body; see :meth:`send`."""
+        return await self.send(Api.CHAT, body)
 
-        The JSON goes through the SDK's client as it is (``post`` with the bytes), without
-        re-shaping the body the way ``chat.completions.create`` does (a copy that costs
-        more than the request).
+    async def send(self, api: Api, body: str | Mapping[str, Any]) -> Completion:
+        """Send one request body of ``api``'s kind (the stored JSON text, or a mapping to
+        serialise) to that API's path; raise ``EndpointError`` on any failure.
+
+        The JSON goes through the SDK's client as it is (``post`` with the bytes, to the
+        path ``chat.completions.create`` / ``responses.create`` / ``embeddings.create``
+        post to), without re-shaping the body the way those methods do (a copy that
+        costs more than the request).
         """
         content = (body if isinstance(body, str) else json.dumps(body)).encode()
         try:
-            http = await self._client.post(
-                "/chat/completions", content=content, cast_to=httpx2.Response
-            )
+            http = await self._client.post(api.path, content=content, cast_to=httpx2.Response)
         except openai.APIConnectionError as exc:  # APITimeoutError included
             raise _connection_error(exc, self.config.timeout, self._redact) from None
         except openai.APIStatusError as exc:
             raise _status_error(exc, self._redact) from None
         try:
-            completion = _completion(http)
+            completion = _completion(http, api)
         except EndpointError as exc:  # a body that is not a completion
             exc.message = self._redact(exc.message)
             exc.body = self._redact.optional(exc.body)

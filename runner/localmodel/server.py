@@ -1,7 +1,8 @@
 """The local model over real HTTP: a Starlette app, served by uvicorn, with test knobs.
 
-This module owns what only exists on the wire: simulated latency, OpenAI-style rate limits
-(requests and tokens per minute, HTTP 429 with ``Retry-After`` and the
+This module owns what only exists on the wire: streamed replies (``stream: true``, as
+server-sent events: ``runner.localmodel.streaming``), simulated latency, OpenAI-style
+rate limits (requests and tokens per minute, HTTP 429 with ``Retry-After`` and the
 ``x-ratelimit-*`` headers on every response), injected faults (500, 503, a hang that
 outlives the client's timeout, a dropped connection), and streaming file uploads and
 downloads of the Batch API. Everything else is :class:`LocalModelService`, the same core
@@ -31,7 +32,7 @@ import anyio.to_thread
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -45,6 +46,7 @@ from runner.localmodel.service import (
     error_body,
     route_of,
 )
+from runner.localmodel.streaming import stream, unstreamed, wants_stream
 
 __all__ = [
     "FAULT_KINDS",
@@ -292,7 +294,9 @@ def create_app(options: ServerOptions, service: LocalModelService | None = None)
         if request.url.query:
             path = f"{path}?{request.url.query}"
         body = b"" if method == "POST" and route_of(path) == "/files" else await request.body()
-        tokens = service.estimate_tokens(method, path, body)
+        streamed = wants_stream(method, path, body)
+        # A streamed request costs its tokens like any other (its whole body, unstreamed).
+        tokens = service.estimate_tokens(method, path, unstreamed(streamed) if streamed else body)
         limited = method == "POST"
         rejection = limiter.admit(tokens) if limited else None
         if rejection is not None:
@@ -304,6 +308,8 @@ def create_app(options: ServerOptions, service: LocalModelService | None = None)
         if options.fail_rate > 0 and fault_rng.random() < options.fail_rate:
             kind = options.faults[fault_rng.randrange(len(options.faults))]
             response = _fault_response(kind, options.hang_s, fault_rng)
+        elif streamed is not None:
+            response = _streamed(service, method, path, streamed)
         else:
             result = await answer(request, method, path)
             if result.path is not None:
@@ -315,6 +321,17 @@ def create_app(options: ServerOptions, service: LocalModelService | None = None)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     return Starlette(routes=[Route("/{path:path}", endpoint, methods=methods)])
+
+
+def _streamed(
+    service: LocalModelService, method: str, path: str, body: dict[str, object]
+) -> Response:
+    """``stream: true``: the reply as server-sent events (``runner.localmodel.streaming``)."""
+    answer = stream(service, method, path, body)
+    if isinstance(answer, LocalResponse):
+        return Response(answer.body, status_code=answer.status, headers=answer.headers)
+    headers, events = answer
+    return StreamingResponse(events, headers=headers, media_type="text/event-stream")
 
 
 class _Server(uvicorn.Server):

@@ -5,6 +5,7 @@ of any transport: the in-process ``httpx2`` transport and the Starlette server b
 :meth:`LocalModelService.handle` with a method, a path and the raw body.
 
 Routes (with or without the ``/v1`` prefix): ``POST /v1/chat/completions``,
+``POST /v1/responses`` (its shapes in ``runner.localmodel.responses``),
 ``POST /v1/embeddings``, ``GET /v1/models`` and ``GET /v1/models/{id}``, and the Batch API's
 ``/v1/files…`` and ``/v1/batches…`` (runner.localmodel.batches). Other paths get 404,
 other methods 405, bad bodies 400, all as ``{"error": {"message", "type", "param", "code"}}``.
@@ -55,6 +56,12 @@ from runner.localmodel.params import (
     parse_chat_request,
     parse_embedding_request,
 )
+from runner.localmodel.responses import (
+    ResponsesRequest,
+    parse_responses_request,
+    response_body,
+)
+from runner.localmodel.structured import instance
 from runner.localmodel.tokenizer import count_tokens, tokenize
 
 if TYPE_CHECKING:
@@ -71,6 +78,8 @@ __all__ = [
     "check_nondeterminism",
     "decode_json",
     "error_body",
+    "json_object_text",
+    "prompt_tokens_of",
     "require_method",
     "route_of",
 ]
@@ -132,7 +141,7 @@ def route_of(path: str) -> str:
     return path or "/"
 
 
-def _prompt_tokens(request: ChatRequest) -> int:
+def prompt_tokens_of(request: ChatRequest) -> int:
     """Chat-format count: 3 per message plus its content (and name), 3 to prime the reply."""
     total = 3
     for message in request.messages:
@@ -283,6 +292,9 @@ class LocalModelService:
         if route == "/chat/completions":
             require_method(method, "POST", path)
             return self._chat(parse_chat_request(decode_json(body)))
+        if route == "/responses":
+            require_method(method, "POST", path)
+            return self._respond(parse_responses_request(decode_json(body)))
         if route == "/embeddings":
             require_method(method, "POST", path)
             return self._embeddings(parse_embedding_request(decode_json(body)))
@@ -343,7 +355,11 @@ class LocalModelService:
             if route == "/chat/completions":
                 request = parse_chat_request(decoded)
                 limit = request.max_tokens if request.max_tokens_given else DEFAULT_TOKEN_ESTIMATE
-                return _prompt_tokens(request) + limit * request.n
+                return prompt_tokens_of(request) + limit * request.n
+            if route == "/responses":
+                chat = parse_responses_request(decoded).chat
+                limit = chat.max_tokens if chat.max_tokens_given else DEFAULT_TOKEN_ESTIMATE
+                return prompt_tokens_of(chat) + limit
             if route == "/embeddings":
                 embedding = parse_embedding_request(decoded)
                 return sum(count_tokens(text) for text in embedding.inputs)
@@ -414,8 +430,14 @@ class LocalModelService:
             for index in range(request.n)
         ]
 
-    def _chat(self, request: ChatRequest) -> dict[str, Any]:
-        prompt_tokens = _prompt_tokens(request)
+    def generations(self, request: ChatRequest) -> tuple[list[Generation], int]:
+        """Every choice of ``request`` drawn, with the format tokens ``json_object`` mode
+        adds to each (0 otherwise); raises ``RequestError`` past the context window.
+
+        Chat completions and responses both draw through here, so one seeding rule holds
+        for both (a response has no ``seed``: its draws come from fresh entropy).
+        """
+        prompt_tokens = prompt_tokens_of(request)
         requested = prompt_tokens + (request.max_tokens if request.max_tokens_given else 0)
         if requested > CONTEXT_WINDOW:
             raise RequestError(
@@ -436,12 +458,26 @@ class LocalModelService:
             frequency_penalty=request.frequency_penalty,
             top_logprobs=request.top_logprobs,
         )
+        drawn = [
+            self._model.generate(request.prompt, sampling, rng, self.divergence(request))
+            for rng in self.choice_rngs(request)
+        ]
+        schema = request.tool.parameters if request.tool else request.json_schema
+        if schema is not None:
+            drawn = [_structured(request, generation, schema) for generation in drawn]
+        return drawn, wrapper
+
+    def _chat(self, request: ChatRequest) -> dict[str, Any]:
+        prompt_tokens = prompt_tokens_of(request)
+        generations, wrapper = self.generations(request)
+        json_mode = wrapper > 0
         choices, completion_tokens = [], 0
-        for index, rng in enumerate(self.choice_rngs(request)):
-            noise = self._divergence(request)
-            generation = self._model.generate(request.prompt, sampling, rng, noise)
+        for index, generation in enumerate(generations):
             completion_tokens += generation.completion_tokens + wrapper
-            choices.append(_choice(index, generation, json_mode, request.top_logprobs or 0))
+            choice = _choice(index, generation, json_mode, request.top_logprobs or 0)
+            if request.tool is not None:
+                choice = _tool_choice(choice, request.tool.name, generation.text)
+            choices.append(choice)
         return {
             "id": "chatcmpl-" + secrets.token_hex(12),
             "object": "chat.completion",
@@ -464,7 +500,19 @@ class LocalModelService:
             "system_fingerprint": self._served_fingerprint(),
         }
 
-    def _divergence(self, request: ChatRequest) -> random.Random | None:
+    def _respond(self, request: ResponsesRequest) -> dict[str, Any]:
+        generations, wrapper = self.generations(request.chat)
+        generation = generations[0]
+        text = json_object_text(generation.text) if wrapper else generation.text
+        return response_body(
+            request,
+            text,
+            generation,
+            prompt_tokens_of(request.chat),
+            generation.completion_tokens + wrapper,
+        )
+
+    def divergence(self, request: ChatRequest) -> random.Random | None:
         """Noise for one choice if it is to leave its seeded path (None: it keeps to it)."""
         if request.seed is None or self._nondeterminism == 0.0:
             return None
@@ -544,10 +592,40 @@ def _logprobs(entries: tuple[TokenLogprob, ...], json_mode: bool, k: int) -> lis
     return [forced(t) for t in _JSON_PREFIX] + escaped + [forced(t) for t in _JSON_SUFFIX]
 
 
+def _structured(request: ChatRequest, generation: Generation, schema: dict[str, Any]) -> Generation:
+    """The reply to a ``json_schema`` request (or a tool call's arguments): an instance of
+    its schema made from the drawn text, cut at the request's token limit like any reply
+    (then it is broken JSON, as a real model's is: see ``runner.localmodel.structured``)."""
+    tokens = tokenize(instance(schema, generation.text))
+    cut = len(tokens) > request.max_tokens
+    kept = tuple(tokens[: request.max_tokens])
+    return Generation(
+        text="".join(kept),
+        tokens=kept,
+        completion_tokens=len(kept),
+        finish_reason="length" if cut else "stop",
+    )
+
+
+def _tool_choice(choice: dict[str, Any], name: str, arguments: str) -> dict[str, Any]:
+    """A chat choice that calls the function ``name`` instead of replying in text."""
+    call = {
+        "id": "call_" + secrets.token_hex(12),
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+    message = {**choice["message"], "content": None, "tool_calls": [call]}
+    cut = choice["finish_reason"] == "length"
+    return {**choice, "message": message, "finish_reason": "length" if cut else "tool_calls"}
+
+
+def json_object_text(text: str) -> str:
+    """``text`` as ``json_object`` mode returns it: ``{"text": "..."}``."""
+    return "".join(_JSON_PREFIX) + _json_escape(text) + "".join(_JSON_SUFFIX)
+
+
 def _choice(index: int, generation: Generation, json_mode: bool, k: int) -> dict[str, Any]:
-    content = generation.text
-    if json_mode:
-        content = "".join(_JSON_PREFIX) + _json_escape(content) + "".join(_JSON_SUFFIX)
+    content = json_object_text(generation.text) if json_mode else generation.text
     logprobs = None
     if generation.logprobs is not None:
         logprobs = {

@@ -35,9 +35,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
+import anyio.to_thread
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -49,7 +50,6 @@ from runner.db.engine import InlineSQLite, checkpoint, is_sqlite, reason
 from runner.db.outage import Outage, is_outage
 from runner.db.queue import ClaimedRun, QueueEngine
 from runner.db.types import utcnow
-from runner.endpoints.client import EndpointPool
 from runner.logs import run_context
 from runner.ratelimit import Limits
 from runner.scheduling.schedule import run_pass, scheduler_loop
@@ -58,6 +58,11 @@ from runner.work.stats import WorkerStats
 from runner.work.tries import Tries
 from runner.work.waiting import stranded_text, wait_limit, waiting_text
 from runner.work.writer import Writer
+
+if TYPE_CHECKING:
+    # The openai SDK (a second or more to import): loaded in a thread while the worker
+    # sets up and claims its first runs (Worker._load_endpoints).
+    from runner.endpoints.client import EndpointPool
 
 T = TypeVar("T")
 log = logging.getLogger("runner.worker")
@@ -133,6 +138,8 @@ class Worker:
         self._hot: QueueEngine = engine
         self._writer: Writer | None = None
         self.batches: BatchExecutor | None = None  # the provider batch side task, once started
+        self._pool: EndpointPool | None = None
+        self._pool_ready = anyio.Event()
 
     def clock(self) -> datetime:
         """Now, on the database's clock (plus a ``--now`` shift)."""
@@ -208,7 +215,6 @@ class Worker:
     # ------------------------------------------------------------ main loop
 
     async def run(self) -> WorkerStats:
-        pool = EndpointPool(self.settings.endpoints)
         inline = None
         if is_sqlite(self.engine):
             inline = InlineSQLite.of(self.engine, busy_timeout_s=self.config.sqlite_busy_seconds)
@@ -231,6 +237,7 @@ class Worker:
                 if self.handle_signals:
                     # Before registering: a registered worker stops gracefully on SIGTERM.
                     await signals.start(self._watch_signals)
+                signals.start_soon(self._load_endpoints)
                 await self._db("reading the database's clock", self._measure_clock)
                 # Batches of submits that died midway: nobody else deletes them.
                 await self._db(
@@ -259,7 +266,7 @@ class Worker:
                         clock=self.clock,
                         db=self._db,
                         stats=self.stats,
-                        pool=pool,
+                        pool=self._endpoint_pool,
                         round_ids=self.round_ids,
                         stop=self._loops_stop,
                     )
@@ -278,7 +285,7 @@ class Worker:
                             self.outage,
                         )
                     try:
-                        await self._claim_and_execute(pool)
+                        await self._claim_and_execute()
                     finally:
                         writer.close()
                         await self._release_unfinished()
@@ -300,7 +307,8 @@ class Worker:
                 )
         finally:
             with anyio.CancelScope(shield=True):
-                await pool.aclose()
+                if self._pool is not None:
+                    await self._pool.aclose()
                 if registered:
                     await self._last_write(
                         "unregistering", lambda: queue.unregister_worker(self.engine, self.id)
@@ -323,23 +331,34 @@ class Worker:
             return False
         return True
 
-    async def _claim_and_execute(self, pool: EndpointPool) -> None:
+    async def _load_endpoints(self) -> None:
+        """Import the endpoint clients in a thread, while the event loop checks the database,
+        registers and claims the first runs: importing the openai SDK is most of a worker's
+        start-up (request slots wait for it)."""
+        pool_class = await anyio.to_thread.run_sync(_endpoint_pool_class)
+        self._pool = pool_class(self.settings.endpoints)
+        self._pool_ready.set()
+
+    async def _endpoint_pool(self) -> EndpointPool:
+        """The endpoint clients, once ``_load_endpoints`` has made them."""
+        await self._pool_ready.wait()
+        assert self._pool is not None
+        return self._pool
+
+    async def _claim_and_execute(self) -> None:
         # Claimed runs wait in ``ready`` for one of ``concurrency`` slot tasks: a task per
         # slot, not per run (spawning one costs more than the rest of a run's bookkeeping).
         ready_send, ready = anyio.create_memory_object_stream[_Ready](math.inf)
         with ready, ready_send:
-            await self._run_slots(ready_send, ready, pool)
+            await self._run_slots(ready_send, ready)
 
     async def _run_slots(
-        self,
-        ready_send: MemoryObjectSendStream[_Ready],
-        ready: MemoryObjectReceiveStream[_Ready],
-        pool: EndpointPool,
+        self, ready_send: MemoryObjectSendStream[_Ready], ready: MemoryObjectReceiveStream[_Ready]
     ) -> None:
         async with anyio.create_task_group() as jobs:
             self._jobs_scope = jobs.cancel_scope
             for _ in range(self.concurrency):
-                jobs.start_soon(self._slot, ready, pool)
+                jobs.start_soon(self._slot, ready)
             await self._claim_loop(ready_send)
             # Runs claimed ahead never start once stopping; requests in progress get the grace.
             with anyio.move_on_after(self.config.grace_seconds):
@@ -451,8 +470,9 @@ class Worker:
 
     # ------------------------------------------------------------ one run
 
-    async def _slot(self, ready: MemoryObjectReceiveStream[_Ready], pool: EndpointPool) -> None:
+    async def _slot(self, ready: MemoryObjectReceiveStream[_Ready]) -> None:
         """One request slot: executes claimed runs one after another."""
+        pool = await self._endpoint_pool()
         async for run, scope in ready:
             # Claimed ahead and never started once stopping: released when the worker stops.
             # Gone from _in_flight: abandoned (cancelled, or its lease lost) while it waited.
@@ -560,3 +580,9 @@ class Worker:
                     self.request_stop()
                 else:
                     self._force_stop()
+
+
+def _endpoint_pool_class() -> type[EndpointPool]:
+    from runner.endpoints.client import EndpointPool
+
+    return EndpointPool

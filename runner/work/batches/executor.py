@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -43,11 +43,13 @@ from runner.db.models import ProviderBatchState
 from runner.db.queue import batches as chunks
 from runner.db.queue.batches import Chunk
 from runner.endpoints import EndpointError, ErrorKind
-from runner.endpoints.batch import BatchAPI, ProviderBatch
-from runner.endpoints.client import EndpointPool
 from runner.work.batches.lines import write_input
 from runner.work.batches.results import ChunkResults, kill_point
 from runner.work.stats import WorkerStats
+
+if TYPE_CHECKING:  # the openai SDK: imported when a batch round is first advanced
+    from runner.endpoints.batch import BatchAPI, ProviderBatch
+    from runner.endpoints.client import EndpointPool
 
 T = TypeVar("T")
 # The worker's database step: tried again through an outage, each try shielded.
@@ -72,7 +74,7 @@ class BatchExecutor:
         clock: Callable[[], datetime],
         db: Step,
         stats: WorkerStats,
-        pool: EndpointPool,
+        pool: Callable[[], Awaitable[EndpointPool]],
         round_ids: Sequence[int] | None,
         stop: anyio.Event,
     ) -> None:
@@ -220,7 +222,9 @@ class BatchExecutor:
 
     async def _advance(self, chunk: Chunk) -> None:
         """Steps of one chunk until it must wait (for the provider, or after an error)."""
-        api = BatchAPI(self.pool.get(chunk.endpoint))
+        from runner.endpoints.batch import BatchAPI
+
+        api = BatchAPI((await self.pool()).get(chunk.endpoint))
         try:
             while chunk.id in self._held and not self._stop.is_set():
                 moved = await self._one_step(api, self._held[chunk.id])

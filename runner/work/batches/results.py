@@ -17,7 +17,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,9 +27,11 @@ from runner.db.queue import Outcome, record
 from runner.db.queue import batches as chunks
 from runner.db.queue.batches import Chunk
 from runner.endpoints import EndpointError, ErrorKind
-from runner.endpoints.batch import BatchAPI, line_result
 from runner.work.batches.lines import Held, Turnaround, failure, success
 from runner.work.stats import WorkerStats
+
+if TYPE_CHECKING:
+    from runner.endpoints.batch import BatchAPI
 
 log = logging.getLogger("runner.worker")
 
@@ -126,6 +128,8 @@ class ChunkResults:
     def _outcome(
         self, line: str, held: dict[int, Held], times: Turnaround, retry_via: str
     ) -> Outcome | None:
+        from runner.endpoints.batch import line_result  # the openai SDK, loaded by then
+
         try:
             cid, result = line_result(line, lambda text: text)
         except ValueError as exc:
