@@ -278,3 +278,31 @@ def test_verify_via_batch_runs_every_round_through_the_batch_api(
     assert sql(db_url, "SELECT DISTINCT via FROM rounds") == [("batch",)]
     assert sql(db_url, "SELECT count(*), sum(request_count) FROM provider_batches") == [(2, 6)]
     assert sql(db_url, "SELECT count(*) FROM runs WHERE state = 'succeeded'") == [(6,)]
+
+
+def test_a_batch_round_of_mixed_kinds_sends_its_chat_lines_in_provider_batches(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Provider batches carry chat lines: a batch round's responses and embeddings jobs
+    go synchronously (runs.via), and the round ends with every run stored once."""
+    from tests.integration.test_request_kinds import LINES
+
+    _config(tmp_path)
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in LINES) + "\n", encoding="utf-8")
+    code, out, err = invoke(db_url, "run", str(path), "--endpoint", "lb", "--via", "batch")
+    assert code == 0, out + err
+    rows = sql(
+        db_url,
+        "SELECT j.api, r.state, r.via, r.attempts FROM runs r JOIN jobs j ON j.id = r.job_id "
+        "ORDER BY j.id",
+    )
+    assert {api for api, *_ in rows} == {"chat", "responses", "embeddings"}
+    assert all(state == "succeeded" and attempts == 1 for _, state, _, attempts in rows)
+    assert {api: via for api, _, via, _ in rows} == {
+        "chat": None,
+        "responses": "sync",
+        "embeddings": "sync",
+    }
+    chat = sum(1 for api, *_ in rows if api == "chat")
+    assert sql(db_url, "SELECT sum(request_count) FROM provider_batches") == [(chat,)]

@@ -12,6 +12,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -31,7 +32,7 @@ from runner.db.queue._common import (
     sent_hash,
     sent_request,
 )
-from runner.db.queue.submit import create_round
+from runner.db.queue.submit import create_round, sync_other_kinds
 from runner.hashing import request_hash
 
 # ---------------------------------------------------------------- replay
@@ -129,6 +130,7 @@ async def enqueue_jobs(
             for job_id, sent in runs
         ],
     )
+    await sync_other_kinds(conn, round_id, true())
     return len(runs)
 
 

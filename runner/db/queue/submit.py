@@ -34,6 +34,7 @@ from runner.db.models import (
     RoundTrigger,
     Run,
     RunState,
+    Via,
 )
 from runner.db.types import UTCDateTime
 from runner.errors import DatabaseError
@@ -294,4 +295,20 @@ async def _enqueue(
             ["round_id", "job_id", "state", "attempts", "max_attempts", "available_at"], source
         )
     )
+    await sync_other_kinds(conn, round_id, jobs)
     return int(result.rowcount)
+
+
+async def sync_other_kinds(conn: AsyncConnection, round_id: int, jobs: Any) -> None:
+    """In a ``batch`` round, the runs of jobs matching ``jobs`` that are not chat
+    completions go synchronously (``runs.via``): provider batches carry chat lines only."""
+    via = (await conn.execute(select(Round.via).where(Round.id == round_id))).scalar_one()
+    if via != Via.BATCH.value:
+        return
+    others = select(Job.id).where(jobs, Job.api != "chat")
+    await conn.execute(
+        update(Run)
+        .where(Run.round_id == round_id, Run.via.is_(None), Run.job_id.in_(others))
+        .values(via=Via.SYNC.value)
+        .execution_options(synchronize_session=False)
+    )
