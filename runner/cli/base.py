@@ -42,7 +42,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cancel": (
         "jobs",
         "Cancel BATCH's unfinished runs: queued ones at once, running ones at their worker's "
-        "next heartbeat (their results, if they arrive, are not stored).",
+        "next heartbeat (their results, if they arrive, are not stored), and its provider "
+        "batches (Batch API rounds) at their worker's next poll.",
     ),
     "compare": (
         "replaying",
