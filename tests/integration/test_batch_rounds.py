@@ -259,7 +259,7 @@ async def test_racing_workers_never_put_a_run_in_two_provider_batches(
         await engine.dispose()
     sizes = [n for (n,) in sql(db_url, "SELECT request_count FROM provider_batches")]
     # Each chunk holds at most 5; one cut short by a rival's locked runs makes one more.
-    assert sum(sizes) == 40 and max(sizes) == 5 and len(sizes) >= 8
+    assert sum(sizes) == 40 and max(sizes) <= 5 and len(sizes) >= 8
     assert sql(
         db_url,
         "SELECT count(*), count(DISTINCT run_id) FROM attempts WHERE outcome = 'succeeded'",
