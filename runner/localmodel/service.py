@@ -364,7 +364,9 @@ class LocalModelService:
         choices, completion_tokens = [], 0
         for index, rng in enumerate(self.choice_rngs(request)):
             noise = self._divergence(request)
-            generation = self._model.generate(request.prompt, sampling, rng, noise)
+            generation = self._model.generate(
+                request.prompt, sampling, rng, noise, context=request.context
+            )
             completion_tokens += generation.completion_tokens + wrapper
             choices.append(_choice(index, generation, json_mode, request.top_logprobs or 0))
         return {
