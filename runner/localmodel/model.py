@@ -1,20 +1,27 @@
 """The local language model: a topic-conditioned word trigram model with backoff.
 
-This module owns the model's data and its sampler. It trains at first use (about 40 ms)
-from the corpus shipped beside it (see ``corpus.py``), once per process and variant, and
-memoises every distribution it derives. Everything here is a pure function of the corpus bytes,
-the hyperparameters and the random generator handed in, so a caller that derives that
+This module owns training and the sampler; the hyperparameters, counts and next-token
+distributions live in ``tables.py``. It trains at first use (about 40 ms) from the corpus
+shipped beside it (see ``corpus.py``), once per process and variant, and memoises every
+distribution it derives. Everything here is a pure function of the corpus bytes, the
+hyperparameters and the random generator handed in, so a caller that derives that
 generator from the request gets the same text in every process.
 
 How a completion is made
-    1. The keywords of the prompt score each topic section (tf-idf over sections); the
+    1. The model reads a prompt (a chat's last user message) and a context (the messages
+       before it: system prompt, earlier turns). The keywords of both score each topic
+       section (tf-idf over sections; the context's count ``CONTEXT_TOPIC_WEIGHT``); the
        choice's generator draws a topic in proportion to the squared score (greedy picks
-       the best). A prompt that matches nothing uses the topic-free mixture.
+       the best). A conversation that matches nothing uses the topic-free mixture.
     2. Tokens are drawn one by one from P(w | two previous tokens): interpolated counts of
        the chosen topic (weighted ``topic_weight``) and of the whole corpus, backing off to
        bigram and unigram distributions (Dirichlet smoothing with ``*_prior``), cut to the
-       ``candidates`` most likely words. After a sentence end the context restarts, so any
-       sentence opening of the topic may follow.
+       ``candidates`` most likely words; candidates the context holds weigh
+       ``tables.PRIMING`` times more. After a sentence end the context restarts, so any
+       sentence opening of the topic may follow. The smoothing keeps the distributions
+       spread as a real model's are (a sampled token's surprisal is about 1.1 nats at
+       temperature 0.7, 1.9 at 1.0), so temperature changes the text as much as it
+       changes a real model's.
     3. Temperature reshapes the candidates (p ** (1 / T)), top_p keeps the smallest prefix
        holding that share of the mass, and one uniform draw picks a token by bisection over
        cumulative weights. Temperature 0 takes the most likely candidate.
