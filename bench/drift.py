@@ -7,13 +7,14 @@ CPU, the best of ``--repeats`` runs, numpy's import excluded.
 
 False alarms. Pairs of rounds of an unchanged built-in model (20 prompts, K = 10): how
 often the test rejects at alpha 0.05; beside it each kernel's test alone (same
-relabellings) and how often today's exact match (some job's outputs differ) would
-have alarmed on the same pairs.
+relabellings), the ``mixture`` kernel's test (not the default) and how often today's
+exact match (some job's outputs differ) would have alarmed on the same pairs.
 
 Power. A round of the base setup against a round with one change, ``--trials`` times:
-the detection rate at K = 10 (default test, each kernel alone, exact match), the default
-test's rate at K = 20 and the smallest K from 2 to 20 at which it detects the change in
-90 % of the trials (the first K samples of each side of the same trials).
+the detection rate at K = 10 (default test, each kernel alone, the mixture kernel,
+exact match), the default test's rate at K = 20 and the smallest K from 2 to 20 at
+which it detects the change in 90 % of the trials (the first K samples of each side of
+the same trials).
 
 Completions come from the built-in model's protocol core (``LocalModelService.handle``,
 the code behind the in-process endpoint and ``runner serve``): per prompt and round one
@@ -165,6 +166,12 @@ def test(a: Round, b: Round, seed: int, permutations: int) -> EqualityTest:
     return result
 
 
+def mixture(a: Round, b: Round, seed: int, permutations: int) -> bool:
+    """Whether the test with the ``mixture`` kernel alone (not the default) rejects."""
+    result = equality_test(a, b, permutations=permutations, seed=seed, kernels=("mixture",))
+    return isinstance(result, EqualityTest) and result.rejects(ALPHA)
+
+
 def alone(result: EqualityTest, kernel: str) -> float:
     """The p-value of one kernel's test alone, on the same relabellings."""
     return next(item.p_value for item in result.kernels if item.kernel == kernel)
@@ -220,24 +227,25 @@ def cost(permutations: int, repeats: int) -> None:
 def false_alarms(rounds: int, permutations: int, seed: int) -> None:
     print(f"\n## False alarms ({rounds} round pairs, 20 prompts, K=10, alpha {ALPHA})")
     print(
-        f"{'setup':50s} {'test':>6s} {'hamming':>8s} {'words':>6s} {'exact':>6s}"
-        "  p-value min / median"
+        f"{'setup':50s} {'test':>6s} {'hamming':>8s} {'words':>6s} {'mixture':>8s}"
+        f" {'exact':>6s}  p-value min / median"
     )
     for number, setup in enumerate(FALSE_ALARM_SETUPS):
         rng = random.Random(seed * 1000 + number)
         service = setup.service(noise_seed=seed * 1000 + number)
-        results, exact = [], []
+        results, mixed, exact = [], [], []
         for index in range(rounds):
             a = draw_round(service, setup, 10, rng)
             b = draw_round(service, setup, 10, rng)
             results.append(test(a, b, seed=index, permutations=permutations))
+            mixed.append(mixture(a, b, seed=index, permutations=permutations))
             exact.append(exact_alarm(a, b))
         p_values = sorted(result.p_value for result in results)
         print(
             f"{setup.label:50s} {rate([r.rejects(ALPHA) for r in results]):>6s}"
             f" {rate([alone(r, 'hamming') <= ALPHA for r in results]):>8s}"
-            f" {rate([alone(r, 'words') <= ALPHA for r in results]):>6s} {rate(exact):>6s}"
-            f"  {p_values[0]:.3f} / {p_values[len(p_values) // 2]:.3f}"
+            f" {rate([alone(r, 'words') <= ALPHA for r in results]):>6s} {rate(mixed):>8s}"
+            f" {rate(exact):>6s}  {p_values[0]:.3f} / {p_values[len(p_values) // 2]:.3f}"
         )
 
 
@@ -259,8 +267,8 @@ def smallest_k(trials: Sequence[tuple[Round, Round]], permutations: int) -> int 
 def power(trials: int, permutations: int, seed: int) -> None:
     print(f"\n## Power ({trials} trials, 20 prompts, alpha {ALPHA}; base: {BASE.label})")
     print(
-        f"{'change':48s} {'test':>6s} {'hamming':>8s} {'words':>6s} {'exact':>6s}"
-        f" {'K=20':>6s}  smallest K >= 90 %"
+        f"{'change':48s} {'test':>6s} {'hamming':>8s} {'words':>6s} {'mixture':>8s}"
+        f" {'exact':>6s} {'K=20':>6s}  smallest K >= 90 %"
     )
     base_service = BASE.service()
     for number, change in enumerate(CHANGES):
@@ -275,6 +283,10 @@ def power(trials: int, permutations: int, seed: int) -> None:
             for index, (a, b) in enumerate(pairs)
         ]
         exact = [exact_alarm(first(a, 10), first(b, 10)) for a, b in pairs]
+        mixed = [
+            mixture(first(a, 10), first(b, 10), seed=index, permutations=permutations)
+            for index, (a, b) in enumerate(pairs)
+        ]
         at_most = [
             test(a, b, seed=index, permutations=permutations).rejects(ALPHA)
             for index, (a, b) in enumerate(pairs)
@@ -283,8 +295,8 @@ def power(trials: int, permutations: int, seed: int) -> None:
         print(
             f"{change.label:48s} {rate([r.rejects(ALPHA) for r in results]):>6s}"
             f" {rate([alone(r, 'hamming') <= ALPHA for r in results]):>8s}"
-            f" {rate([alone(r, 'words') <= ALPHA for r in results]):>6s} {rate(exact):>6s}"
-            f" {rate(at_most):>6s}  {k if k is not None else f'> {K_MAX}':>18}"
+            f" {rate([alone(r, 'words') <= ALPHA for r in results]):>6s} {rate(mixed):>8s}"
+            f" {rate(exact):>6s} {rate(at_most):>6s}  {k if k is not None else f'> {K_MAX}':>18}"
         )
 
 

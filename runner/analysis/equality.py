@@ -9,7 +9,9 @@ Kernel. Over (prompt, completion) pairs, ``k((x, y), (x', y')) = 1[x = x'] * h(y
 only completions of the same job are ever compared. ``h`` is one of the string kernels
 of ``runner.analysis.kernels``: ``hamming`` (the paper's default, on code points),
 ``words`` (the paper's k-spectrum kernel on words, runs of 1 to 3) or ``chars`` (the
-same on code points, runs of 1 to 5, the reference code's k). Completions are cut to
+same on code points, runs of 1 to 5, the reference code's k); ``mixture`` is
+``words`` plus 0.2 x ``hamming``, one kernel (not the default; BENCHMARKS.md compares
+it). Completions are cut to
 their first ``max_chars`` code points (default 1,000, the length the reference dataset
 loader pads to).
 
@@ -63,7 +65,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Literal
 
-from runner.analysis.kernels import hamming_gram, spectrum_gram
+from runner.analysis.kernels import hamming_gram, mixture_gram, spectrum_gram
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,7 +86,7 @@ __all__ = [
     "equality_test",
 ]
 
-Kernel = Literal["hamming", "chars", "words"]
+Kernel = Literal["hamming", "chars", "words", "mixture"]
 DEFAULT_KERNELS: tuple[Kernel, ...] = ("hamming", "words")
 DEFAULT_PERMUTATIONS = 1000
 DEFAULT_SEED = 0
@@ -96,6 +98,7 @@ _GRAMS: dict[Kernel, Callable[[Sequence[str], int | None], NDArray[np.float64]]]
     "hamming": hamming_gram,
     "chars": partial(spectrum_gram, k=5, unit="chars"),
     "words": partial(spectrum_gram, k=3, unit="words"),
+    "mixture": mixture_gram,
 }
 _TOLERANCE = 1e-9  # ties within rounding count as "at least as large" (the safe side)
 _FLAT = 1e-12  # a kernel whose statistic varies less over the relabellings is constant

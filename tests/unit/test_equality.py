@@ -216,3 +216,23 @@ def test_importing_the_module_does_not_import_numpy() -> None:
         "assert 'numpy' not in sys.modules, 'numpy imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_mixture_kernel_is_words_plus_a_fifth_of_hamming() -> None:
+    from runner.analysis.kernels import MIXTURE_HAMMING, mixture_gram
+
+    texts = ["the red rover crossed the dust plain", "a storm hid the orbit", "the red rover", ""]
+    expected = (
+        spectrum_gram(texts, None, k=3, unit="words") + MIXTURE_HAMMING * hamming_gram(texts, None)
+    ) / (1 + MIXTURE_HAMMING)
+    assert np.array_equal(mixture_gram(texts, None), expected)
+    assert np.allclose(np.diag(expected), 1.0)
+    rng = random.Random(3)
+    same = {f"j{i}": [rng.choice(texts[:3]) for _ in range(8)] for i in range(6)}
+    other = {key: [rng.choice(texts[:3]) for _ in range(8)] for key in same}
+    moved = {key: [texts[1]] * 8 for key in same}
+    kept = equality_test(same, other, permutations=200, kernels=("mixture",))
+    changed = equality_test(same, moved, permutations=200, kernels=("mixture",))
+    assert isinstance(kept, EqualityTest) and isinstance(changed, EqualityTest)
+    assert changed.rejects(0.05) and changed.kernel == "mixture"
+    assert kept.p_value > changed.p_value
