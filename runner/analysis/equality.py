@@ -26,13 +26,13 @@ Several kernels (the default: ``hamming`` and ``words``). Each kernel's statisti
 standardised by the mean and standard deviation of its values over the relabellings,
 and the largest standardised value is the test statistic, calibrated on the same
 relabellings (the aggregation of MMDAgg, Schrab et al. 2023, with a max of z-scores).
-Why two: on the built-in model, the Hamming kernel alone caught a max_tokens 64 -> 48
-change every time but a backend variant in about 4 of 10 trials (20 prompts, K = 10);
-the word kernel alone caught the variant in about 9 of 10 but the max_tokens change
-almost never (it cannot see length). Together: all of the first, about 8 of 10 of the
-second. Padding the word sequences as the reference code pads its token arrays made the
-word kernel see length too but cost a third of its power on the variant. BENCHMARKS.md
-has the figures. With one kernel the test is exactly that kernel's MMD test.
+Why two: on the built-in model (20 prompts, K = 10), the Hamming kernel alone caught a
+max_tokens 64 -> 48 change every time but a backend variant in about 5 of 10 trials; the
+word kernel alone caught the variant in about 9 of 10 but the max_tokens change about 2
+times in 10 (it hardly sees length). Together: all of the first, about 9 of 10 of the
+second; the maximum pays a few points against the better kernel alone. The ``mixture``
+kernel (one kernel, words + 0.2 x Hamming) does not pay it; BENCHMARKS.md has the
+figures. With one kernel the test is exactly that kernel's MMD test.
 
 p-value. Labels are permuted within each job (a stratified permutation: a round asks
 every job a fixed number of times, so under the null only samples of the same job are
