@@ -58,7 +58,7 @@ def serve(*flags: str) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # six servers starting at once on a busy machine
     while True:
         try:
             httpx2.get(f"{url}/models", timeout=1)

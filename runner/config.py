@@ -44,6 +44,21 @@ class EndpointConfig:
     nondeterminism: float = 0.0
     fingerprints: tuple[str, ...] | None = None
     noise_seed: int | None = None
+    # The provider's Batch API limits per input file: requests and bytes (any endpoint;
+    # the built-in model's Batch API enforces them).
+    batch_max_requests: int = 50_000
+    batch_max_bytes: int = 200 * 1024 * 1024
+    # The built-in model's Batch API (runner.localmodel.batches): where its files live
+    # (None = a temporary directory per process), how long a batch stays in_progress at
+    # least, the share of lines left to expire and of lines failed with a 500, a
+    # validation error every batch fails with ("code" or "code: message"), and a file
+    # that gets one JSON line per executed batch line.
+    batch_dir: str | None = None
+    batch_turnaround_ms: float = 100.0
+    batch_expire_fraction: float = 0.0
+    batch_line_error_rate: float = 0.0
+    batch_fail_validation: str | None = None
+    batch_log: str | None = None
     # Rate limits of the whole endpoint (one API key), shared by all live workers.
     # None = not configured: the worker learns them from x-ratelimit-* headers.
     rpm: int | None = None
@@ -195,6 +210,9 @@ ENDPOINT_KEYS = {
     "nondeterminism",
     "fingerprints",
     "noise_seed",
+    *(f"batch_{key}" for key in ("max_requests", "max_bytes")),
+    *(f"batch_{key}" for key in ("dir", "turnaround_ms", "expire_fraction")),
+    *(f"batch_{key}" for key in ("line_error_rate", "fail_validation", "log")),
     "rpm",
     "tpm",
     "max_concurrency",
@@ -244,6 +262,7 @@ def _parse_endpoint(name: str, raw: Any, where: str, base: EndpointConfig | None
     if "models" in raw:
         values["models"] = _parse_models(raw["models"], f"{where}.models")
     values.update(_parse_local_noise(raw, etype, where))
+    values.update(_parse_batch_keys(raw, etype, where))
     if etype == "openai" and not values.get("base_url") and not (base and base.base_url):
         raise ConfigError(f"{where}.base_url: required for an 'openai' endpoint")
     start = base if base and base.type == etype else EndpointConfig(name=name, type=etype)
@@ -285,6 +304,45 @@ def _parse_local_noise(raw: Mapping[str, Any], etype: str, where: str) -> dict[s
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}.noise_seed: must be an integer, got {value!r}")
         values["noise_seed"] = value
+    return values
+
+
+LOCAL_BATCH_KEYS = (
+    "batch_dir",
+    "batch_turnaround_ms",
+    "batch_expire_fraction",
+    "batch_line_error_rate",
+    "batch_fail_validation",
+    "batch_log",
+)
+
+
+def _parse_batch_keys(raw: Mapping[str, Any], etype: str, where: str) -> dict[str, Any]:
+    """The Batch API limits (any endpoint) and the built-in model's Batch API knobs."""
+    given = [key for key in LOCAL_BATCH_KEYS if key in raw]
+    if given and etype != "local":
+        raise ConfigError(f"{where}.{given[0]}: only a type = 'local' endpoint takes it")
+    values: dict[str, Any] = {}
+    for key in ("batch_max_requests", "batch_max_bytes"):
+        if key in raw:
+            values[key] = _number(raw[key], f"{where}.{key}", minimum=1, integer=True)
+    for key in ("batch_dir", "batch_fail_validation", "batch_log"):
+        if key in raw:
+            value = raw[key]
+            # batch_fail_validation is "code" or "code: message": the code must be there.
+            text = str(value).split(":")[0] if key == "batch_fail_validation" else str(value)
+            if not isinstance(value, str) or not text.strip():
+                raise ConfigError(f"{where}.{key}: must be a non-empty string")
+            values[key] = value
+    if "batch_turnaround_ms" in raw:
+        at = f"{where}.batch_turnaround_ms"
+        values["batch_turnaround_ms"] = float(_number(raw["batch_turnaround_ms"], at, minimum=0))
+    for key in ("batch_expire_fraction", "batch_line_error_rate"):
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise ConfigError(f"{where}.{key}: must be a number from 0 to 1, got {value!r}")
+            values[key] = float(value)
     return values
 
 

@@ -7,7 +7,9 @@ folder and renamed over FILE once complete, so an error never leaves half a file
 
 ``openai-batch`` lines are what OpenAI's Batch API writes to its output and error
 files: ``{"id", "custom_id", "response": {"status_code", "request_id", "body"},
-"error"}``. A success carries the stored response body; a failure with an HTTP
+"error"}``. A success carries the stored response body, whatever its kind (a chat
+completion, a Responses API response object, an embeddings list with its vectors
+restored from ``runs.embedding``); a failure with an HTTP
 status carries that status, the server's ``x-request-id`` and the error body it sent
 (or, when that was not JSON, an OpenAI-shaped one with its message); a failure without
 one (timeout, connection error, unusable response) has ``response: null`` and
@@ -23,12 +25,16 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
-from runner.db.engine import head_revision
-from runner.db.readonly import ReadOnly, open_readonly
 from runner.errors import DatabaseError, NotFoundError, QueryError, RunnerError
+from runner.kinds import vectors
 from runner.tabular import write_csv, write_jsonl
+
+if TYPE_CHECKING:
+    from runner.db.readonly import ReadOnly
+
+# The database drivers are imported by ``export`` itself: `runner --help` reads FORMATS.
 
 FORMATS = ("openai-batch", "jsonl", "csv")
 
@@ -62,6 +68,14 @@ COLUMNS = (
     "reused_from_run_id",
     "started_at",
     "finished_at",
+    "api",
+    "response_status",
+    "incomplete_details",
+    "service_tier",
+    "cached_tokens",
+    "reasoning_tokens",
+    "embedding_dimensions",
+    "embedding",
 )
 BATCH_COLUMNS = (
     "run_id",
@@ -73,6 +87,8 @@ BATCH_COLUMNS = (
     "error_status",
     "error_message",
     "error_body",
+    "embedding",
+    "embedding_dimensions",
 )
 CANCELLED_MESSAGE = "This request was not executed: its run was cancelled."
 
@@ -114,10 +130,13 @@ def batch_line(row: Mapping[str, Any]) -> dict[str, Any]:
     state = row["state"]
     status = row["error_status"]
     if state == "succeeded":
+        body = json.loads(row["response"])
+        if row.get("embedding") is not None:  # the vectors back where the API sent them
+            body = vectors.restored(body, bytes(row["embedding"]), row["embedding_dimensions"])
         line["response"] = {
             "status_code": 200,
             "request_id": row["provider_request_id"],
-            "body": json.loads(row["response"]),
+            "body": body,
         }
     elif state == "failed" and status is not None and status >= 400:
         line["response"] = {
@@ -167,12 +186,20 @@ def _write_batch_lines(out: TextIO, rows: Iterator[Sequence[Any]]) -> int:
     return count
 
 
-def _with_outputs_parsed(rows: Iterator[Sequence[Any]]) -> Iterator[Sequence[Any]]:
-    index = COLUMNS.index("outputs")
+def _with_outputs_parsed(
+    rows: Iterator[Sequence[Any]], *, as_text: bool = False
+) -> Iterator[Sequence[Any]]:
+    """Rows with ``outputs`` parsed (unless ``as_text``) and ``embedding`` as a list of
+    vectors (JSON text when ``as_text``, for CSV)."""
+    index, vectors_at = COLUMNS.index("outputs"), COLUMNS.index("embedding")
+    dimensions_at = COLUMNS.index("embedding_dimensions")
     for row in rows:
         values = list(row)
-        if values[index] is not None:
+        if values[index] is not None and not as_text:
             values[index] = json.loads(values[index])
+        if values[vectors_at] is not None:
+            found = vectors.unpack(bytes(values[vectors_at]), values[dimensions_at])
+            values[vectors_at] = json.dumps(found) if as_text else found
         yield values
 
 
@@ -192,6 +219,8 @@ def check_schema(ro: ReadOnly) -> None:
         row = _one(ro, "SELECT version_num FROM alembic_version")
     except QueryError:
         row = None
+    from runner.db.engine import head_revision
+
     head = head_revision()
     if row is None:
         raise DatabaseError("this database has no seed-runner schema: nothing to export")
@@ -263,7 +292,7 @@ def write_round(ro: ReadOnly, target: Target, fmt: str, out: TextIO) -> int:
     if fmt == "jsonl":
         return write_jsonl(out, COLUMNS, _with_outputs_parsed(rows))
     if fmt == "csv":
-        return write_csv(out, COLUMNS, rows)
+        return write_csv(out, COLUMNS, _with_outputs_parsed(rows, as_text=True))
     raise ValueError(f"unknown export format {fmt!r}")
 
 
@@ -321,6 +350,8 @@ def export(
         raise ValueError(f"unknown export format {fmt!r}")
     if path is not None:
         check_writable(path)
+    from runner.db.readonly import open_readonly
+
     with open_readonly(url) as ro:
         check_schema(ro)
         target = resolve(ro, batch_ref, round_number)

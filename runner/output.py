@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.config import Price
 from runner.report import BatchLine, BatchStatus
-from runner.work import WorkerStats
+
+if TYPE_CHECKING:
+    from runner.work import WorkerStats
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -79,6 +81,20 @@ def status_text(statuses: Sequence[BatchStatus], prices: Mapping[str, Price] | N
             if rnd.tokens_by_model:
                 tokens += "; " + cost_text(*rnd.cost(prices or {}))
             lines.append(tokens)
+            if set(rnd.kinds) - {"chat"}:  # chat-only rounds read as they always did
+                kinds = ", ".join(f"{count} {api}" for api, count in sorted(rnd.kinds.items()))
+                lines.append(f"    requests: {kinds}")
+            if rnd.incomplete:
+                lines.append(
+                    f"    incomplete: {rnd.incomplete} responses cut short "
+                    "(status incomplete: see incomplete_details)"
+                )
+            if rnd.schema_checked:
+                share = rnd.schema_valid / rnd.schema_checked
+                lines.append(
+                    f"    json schema: {rnd.schema_valid}/{rnd.schema_checked} outputs valid "
+                    f"({share:.1%})"
+                )
             if rnd.fingerprints:
                 shown = ", ".join(f or "null" for f in rnd.fingerprints)
                 lines.append(f"    system_fingerprint: {shown}")
@@ -104,13 +120,24 @@ def _shown(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
+def run_json(d: dict[str, Any]) -> str:
+    """``runner show --format json``: every stored value; an embeddings run's vectors as
+    lists of numbers (their float32 values)."""
+    if d.get("embedding") is not None:
+        from runner.kinds import vectors
+
+        d = {**d, "embedding": vectors.unpack(bytes(d["embedding"]), d["embedding_dimensions"])}
+    return json.dumps(d, default=str, indent=2)
+
+
 def run_text(d: dict[str, Any]) -> str:
     v = {name: _shown(value) for name, value in d.items()}
     lines = [
         f"run {v['id']}: batch {v['batch_id']} ({v['batch_name']}) round {v['round_number']} "
         f"job {d['key']!r}",
         f"state: {v['state']} after {v['attempts']} attempt(s) of {v['max_attempts']}",
-        f"endpoint: {v['endpoint']}  model asked: {v['model']}  returned: {v['response_model']}",
+        f"api: {v['api']}  endpoint: {v['endpoint']}  model asked: {v['model']}  "
+        f"returned: {v['response_model']}",
         f"seed: {v['seed']}  system_fingerprint: {v['system_fingerprint']}",
         f"request_hash: {v['request_hash']}",
     ]
@@ -122,12 +149,30 @@ def run_text(d: dict[str, Any]) -> str:
             f"tokens: {v['prompt_tokens']} prompt + {v['completion_tokens']} completion = "
             f"{v['total_tokens']}  latency: {latency}  finish_reason: {v['finish_reason']}"
         )
+        if d.get("tool_calls") is not None:
+            lines.append(f"tool calls: {d['tool_calls']}")
+        if d.get("response_status") is not None:
+            lines.append(
+                f"response status: {v['response_status']}  "
+                f"incomplete_details: {v['incomplete_details']}"
+            )
     elif d["error_type"]:
         status = f" (HTTP {d['error_status']})" if d["error_status"] else ""
         lines.append(f"error: {d['error_type']}{status}: {d['error_message']}")
     # The body exactly as sent: canonical JSON, the bytes request_hash is over.
     lines.append(f"--- request body ---\n{d['body']}")
-    if d["state"] == "succeeded":
+    if d["state"] == "succeeded" and d.get("embedding") is not None:
+        from runner.kinds import vectors
+
+        rows = vectors.unpack(bytes(d["embedding"]), d["embedding_dimensions"])
+        lines.append(
+            f"--- embedding: {len(rows)} vector(s) x {d['embedding_dimensions']} dimensions "
+            f"(float32, {len(d['embedding'])} bytes) ---"
+        )
+        for index, row in enumerate(rows):
+            head = ", ".join(f"{value:.6g}" for value in row[:8])
+            lines.append(f"[{index}] {head}{', ...' if len(row) > 8 else ''}")
+    elif d["state"] == "succeeded":
         outputs = json.loads(d["outputs"] or "[]")
         for index, text in enumerate(outputs):
             label = "output" if len(outputs) == 1 else f"output (choice {index})"

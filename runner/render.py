@@ -123,6 +123,19 @@ def comparison_table(report: ComparisonReport, *, color: bool = False, width: in
         facts.add_row(
             "requests", f"{s.different_requests} jobs sent a different body (--model, --samples)"
         )
+    if set(s.kinds) - {"chat"}:
+        facts.add_row("kinds", ", ".join(f"{n} {api}" for api, n in s.kinds.items()))
+    if s.schema_a[1] or s.schema_b[1]:
+        facts.add_row(
+            "json schema",
+            f"valid in {a}: {_valid_share(s.schema_a)}, in {b}: {_valid_share(s.schema_b)}",
+        )
+    if s.incomplete_a or s.incomplete_b:
+        facts.add_row(
+            "incomplete",
+            f"{a}: {s.incomplete_a}, {b}: {s.incomplete_b} "
+            "(responses cut short by max_output_tokens: not whole answers)",
+        )
     if embeddings:
         facts.add_row(
             "embeddings",
@@ -155,6 +168,11 @@ def comparison_table(report: ComparisonReport, *, color: bool = False, width: in
         )
     )
     return render(parts, color=color, width=width)
+
+
+def _valid_share(counts: tuple[int, int]) -> str:
+    valid, checked = counts
+    return f"{valid}/{checked} ({_pct(valid / checked if checked else None)})"
 
 
 def _changed_table(items: list[Item], a: str, b: str) -> Table:
@@ -204,6 +222,7 @@ ITEM_FIELDS = (
     "same_model", "model_a", "model_b", "prompt_tokens_delta", "completion_tokens_delta",
     "embedding_distance", "error_a", "error_b", "samples_a", "samples_b",
     "test_contribution", "test_p_value", "distribution", "distribution_p_value",
+    "api", "status_a", "status_b", "schema_valid_a", "schema_valid_b",
 )  # fmt: skip
 
 
@@ -238,6 +257,11 @@ def item_dict(i: Item, tested: DistributionTest | None = None) -> dict[str, Any]
         "test_p_value": job.p_value if job else None,
         "distribution": tested.verdict.value if tested else None,
         "distribution_p_value": tested.p_value if tested else None,
+        "api": i.a.api,
+        "status_a": i.a.response_status,
+        "status_b": i.b.response_status,
+        "schema_valid_a": i.a.schema_valid,
+        "schema_valid_b": i.b.schema_valid,
     }
 
 
@@ -275,6 +299,13 @@ def comparison_json(report: ComparisonReport) -> str:
             "mean_embedding_distance": s.overall.mean_embedding_distance,
             "embeddings_endpoint": report.embeddings_endpoint,
             "embeddings_model": report.embeddings_model,
+            "kinds": s.kinds,
+            "incomplete_a": s.incomplete_a,
+            "incomplete_b": s.incomplete_b,
+            "schema_valid_a": s.schema_a[0],
+            "schema_checked_a": s.schema_a[1],
+            "schema_valid_b": s.schema_b[0],
+            "schema_checked_b": s.schema_b[1],
         },
         "distribution": _distribution_dict(report.distribution),
         "changed_most": [i.key for i in report.changed_most],

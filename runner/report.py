@@ -33,6 +33,12 @@ class RoundStatus:
     model: str | None = None
     # model -> (prompt tokens, completion tokens) of its stored usage
     tokens_by_model: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # request kind (jobs.api) -> runs; succeeded responses whose status is "incomplete"
+    kinds: dict[str, int] = field(default_factory=dict)
+    incomplete: int = 0
+    # Runs of jobs with a JSON schema: how many succeeded, and how many of those are valid.
+    schema_checked: int = 0
+    schema_valid: int = 0
 
     def cost(self, prices: Mapping[str, Price]) -> tuple[float | None, list[str]]:
         """USD cost of the tokens used, or None with the models that have no price."""
@@ -110,6 +116,28 @@ async def _round_status(conn: AsyncConnection, rnd: Any) -> RoundStatus:
             .distinct()
         )
     ).scalars()
+    kinds = await conn.execute(
+        select(Job.api, func.count())
+        .select_from(Run)
+        .join(Job, Job.id == Run.job_id)
+        .where(Run.round_id == rnd.id)
+        .group_by(Job.api)
+    )
+    incomplete = await conn.scalar(
+        select(func.count()).where(
+            Run.round_id == rnd.id,
+            Run.state == RunState.SUCCEEDED.value,
+            Run.response_status == "incomplete",
+        )
+    )
+    checked, valid = (
+        await conn.execute(
+            select(
+                func.count(Run.schema_valid),
+                func.count(Run.schema_valid).filter(Run.schema_valid.is_(True)),
+            ).where(Run.round_id == rnd.id, Run.state == RunState.SUCCEEDED.value)
+        )
+    ).one()
     return RoundStatus(
         number=rnd.number,
         trigger=rnd.trigger,
@@ -122,6 +150,10 @@ async def _round_status(conn: AsyncConnection, rnd: Any) -> RoundStatus:
         fingerprints=sorted(fingerprints, key=lambda f: (f is None, f or "")),
         endpoint=rnd.endpoint,
         model=rnd.model,
+        kinds={str(api): int(count) for api, count in kinds},
+        incomplete=int(incomplete or 0),
+        schema_checked=int(checked or 0),
+        schema_valid=int(valid or 0),
     )
 
 
@@ -180,6 +212,7 @@ async def run_details(
             queue.sent_endpoint().label("endpoint"),
             func.coalesce(Round.model, Job.model).label("model"),
             Job.seed,
+            Job.api,
             queue.sent_hash().label("request_hash"),
             Job.body,
             Round.model.label("model_override"),
@@ -207,6 +240,8 @@ async def run_details(
         raise NotFoundError(f"no {what}")
     details = dict(row._mapping)
     model, samples = details.pop("model_override"), details.pop("samples_override")
+    if details["api"] != "chat":
+        samples = None  # only chat bodies have samples (n): see queue.sent_request
     if model is not None or samples is not None:
         details["body"] = queue.with_changes(details["body"], model=model, samples=samples)
     return details

@@ -17,9 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from runner.db.readonly import open_readonly
 from runner.errors import RunnerError, StoppedError
-from runner.tabular import write_rows
 
 
 def read_statement(statement: str | None, path: Path | None) -> str:
@@ -76,6 +74,9 @@ def run_sql(
 ) -> int:
     """Run ``statement`` read-only, for at most ``timeout`` seconds, and write its rows to
     ``out``; returns the row count."""
+    from runner.db.readonly import open_readonly
+    from runner.tabular import write_rows
+
     with _stoppable(), open_readonly(url, timeout=timeout) as ro:
         result = ro.query(statement)
         return write_rows(fmt, out, result.columns, result.rows, color=color, width=width)

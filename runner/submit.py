@@ -6,7 +6,8 @@ PostgreSQL takes a submit in one transaction (one COPY): workers never wait for 
 as they touch none of its rows. SQLite has one write lock for the whole database, so
 a submit there is written in short transactions of ``SUBMIT_CHUNK`` jobs with their
 runs, between which workers write: the batch stays *pending* (invisible: not claimed,
-not listed) until the last one completes it. Any error (parser, duplicate key,
+not listed) until the last one completes it. The chunks go through one connection that
+checkpoints the WAL rarely (``runner.db.engine.bulk_writer``). Any error (parser, duplicate key,
 database) leaves nothing: the transaction rolls back, or the pending batch is deleted
 (a submit killed midway leaves it to the next submit or worker start, once its
 ``pending_until`` passed).
@@ -33,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runner.config import EndpointConfig, Settings
 from runner.db import queue
+from runner.db.engine import bulk_writer
 from runner.db.models import RoundTrigger, RunState
 from runner.db.types import utcnow
 from runner.errors import AlreadySubmittedError, ConfigError, JobFileError, ScheduleError
@@ -107,6 +109,7 @@ def _row(batch_id: int, job: Any) -> dict[str, Any]:
         "request_hash": job.request_hash,
         "seed": job.seed,
         "source_line": job.line,
+        "api": job.api,
     }
 
 
@@ -138,7 +141,7 @@ async def _insert_at_once(
     engine: AsyncEngine, job_file: JobFile, max_attempts: int, now: datetime
 ) -> Submitted:
     """PostgreSQL: the whole submit in one transaction."""
-    async with engine.begin() as conn:
+    async with bulk_writer(engine) as conn, conn.begin():
         batch_id = await _new_batch(conn, job_file, now)
         # Before the jobs: a taken name fails fast.
         schedule = await _with_schedule(conn, job_file, batch_id, now)
@@ -162,19 +165,20 @@ async def _insert_in_chunks(
     try:
         count = 0
         jobs = job_file.jobs()
-        # Parsed outside the transaction: the lock is held only to write.
-        while chunk := [_row(batch_id, job) for job in islice(jobs, SUBMIT_CHUNK)]:
-            async with engine.begin() as conn:
-                await queue.insert_chunk(
-                    conn,
-                    chunk,
-                    batch_id=batch_id,
-                    round_id=round_id,
-                    max_attempts=max_attempts,
-                    now=utcnow(),
-                    pending_until=utcnow() + PENDING_FOR,
-                )
-            count += len(chunk)
+        async with bulk_writer(engine) as conn:
+            # Parsed outside the transaction: the lock is held only to write.
+            while chunk := [_row(batch_id, job) for job in islice(jobs, SUBMIT_CHUNK)]:
+                async with conn.begin():
+                    await queue.insert_chunk(
+                        conn,
+                        chunk,
+                        batch_id=batch_id,
+                        round_id=round_id,
+                        max_attempts=max_attempts,
+                        now=utcnow(),
+                        pending_until=utcnow() + PENDING_FOR,
+                    )
+                count += len(chunk)
         async with engine.begin() as conn:
             schedule = await _with_schedule(conn, job_file, batch_id, now)
             await queue.complete_batch(

@@ -15,13 +15,12 @@ import math
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from rich import box
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.text import Text
 
-from runner.richtext import render
+# rich is imported by the table format alone: `runner --help` reads FORMATS from here.
 
 FORMATS = ("table", "csv", "json", "jsonl")
 MIN_WIDTH = 30  # table columns are as wide as their name and longest value, up to this
@@ -131,6 +130,8 @@ def _numeric(values: Iterable[str]) -> bool:
 
 
 def _cell(value: Any) -> Text:
+    from rich.text import Text
+
     if value is None:
         return Text("NULL", style="dim")
     if isinstance(value, float) and math.isfinite(value) and abs(value) < 1e6:
@@ -147,6 +148,12 @@ def table_text(
     MIN_WIDTH characters): a wide result is wider than the terminal (`less -S`
     reads it), and longer values wrap inside their column.
     """
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from runner.richtext import render
+
     cells = [[_cell(v) for v in row] for row in rows]
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     needed = 0

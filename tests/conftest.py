@@ -9,6 +9,7 @@ where a missing or unreachable PostgreSQL fails the run instead.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -96,14 +97,25 @@ def postgres() -> Iterator[PostgresServer | None]:
     server.close()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file per session; each test gets a copy (a copy takes
+    milliseconds, running every migration again about half a second)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "runner.db"
+    db.ensure_schema(f"sqlite:///{path}")
+    leftovers = [p.name for p in path.parent.iterdir() if p != path]
+    assert not leftovers, f"the template left {leftovers} beside it: copy them too"
+    return path
+
+
 def _backend_url(
     request: pytest.FixtureRequest, postgres: PostgresServer | None, tmp_path: Path, migrated: bool
 ) -> Iterator[str]:
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'runner.db'}"
+        path = tmp_path / "runner.db"
         if migrated:
-            db.ensure_schema(url)
-        yield url
+            shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
         return
     if postgres is None:
         if _in_ci():

@@ -77,6 +77,15 @@ WHERE r.reused_from_run_id IS NULL AND (
 """
 
 
+def write_endpoint(tmp_path: Path, name: str, *lines: str, etype: str = "local") -> None:
+    """runner.toml in ``tmp_path`` with one endpoint ``name`` of type ``etype`` and the
+    TOML ``lines`` as its keys (an 'openai' one gets an unreachable base_url)."""
+    text = "\n".join([f"[endpoints.{name}]", f'type = "{etype}"', *lines, ""])
+    if etype == "openai":
+        text += 'base_url = "http://127.0.0.1:1/v1"\n'
+    (tmp_path / "runner.toml").write_text(text, encoding="utf-8")
+
+
 def in_process(
     *args: str, cwd: Path, env: Mapping[str, str | None] | None = None
 ) -> subprocess.CompletedProcess[str]:

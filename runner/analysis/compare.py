@@ -17,7 +17,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +37,7 @@ from runner.db import queue
 from runner.db.models import Batch, FingerprintGroup, Job, Round, Run, RunState
 from runner.db.types import utcnow
 from runner.errors import NotFoundError, RunnerError
+from runner.kinds.vectors import cosine_similarity
 from runner.report import resolve_batch
 
 UNFINISHED = (RunState.QUEUED.value, RunState.RUNNING.value)
@@ -63,6 +64,18 @@ class Result:
     sent_endpoint: str = ""
     error_type: str | None = None
     error_message: str | None = None
+    latency_ms: float | None = None
+    api: str = "chat"  # the job's request kind
+    response_status: str | None = None  # responses: completed, incomplete, ...
+    embedding: bytes | None = None  # embeddings: the vectors (runner.kinds.vectors)
+    embedding_dimensions: int = 0
+    schema_valid: bool | None = None  # a JSON schema asked: do its outputs follow it?
+    tool_calls: str | None = None  # canonical [{"name", "arguments"}] (runner.endpoints.kinds)
+
+    @property
+    def incomplete(self) -> bool:
+        """A response cut short (``max_output_tokens``): its text is not a whole answer."""
+        return self.ok and self.response_status == "incomplete"
 
     @property
     def ok(self) -> bool:
@@ -70,7 +83,8 @@ class Result:
 
     @property
     def text(self) -> str:
-        return self.output or ""
+        """What similarity reads: the output, else the tool calls (name + arguments)."""
+        return self.output or self.tool_calls or ""
 
 
 @dataclass(frozen=True)
@@ -110,19 +124,33 @@ def compare_pair(a: Result, b: Result) -> Item:
     same_request = a.sent_hash == b.sent_hash
     if not (a.ok and b.ok):
         return Item(a.key, a, b, same_request, False, None, None, None, None, None, None)
+    vectors = a.embedding is not None and b.embedding is not None
     return Item(
         key=a.key,
         a=a,
         b=b,
         same_request=same_request,
-        exact_match=a.outputs == b.outputs,
-        similarity=similarity(a.text, b.text),
-        divergence_offset=divergence_offset(a.text, b.text),
+        # Embeddings: the same float32 bytes, and the mean cosine similarity of the vectors.
+        exact_match=(
+            a.embedding == b.embedding
+            if vectors
+            else (a.outputs, a.tool_calls) == (b.outputs, b.tool_calls)
+        ),
+        similarity=_vector_likeness(a, b) if vectors else similarity(a.text, b.text),
+        divergence_offset=None if vectors else divergence_offset(a.text, b.text),
         fingerprint=fingerprint_group(a.fingerprint, b.fingerprint),
         same_model=a.response_model == b.response_model,
         prompt_tokens_delta=_delta(a.prompt_tokens, b.prompt_tokens),
         completion_tokens_delta=_delta(a.completion_tokens, b.completion_tokens),
     )
+
+
+def _vector_likeness(a: Result, b: Result) -> float | None:
+    if a.embedding is None or b.embedding is None:
+        return None
+    if a.embedding_dimensions != b.embedding_dimensions:
+        return None
+    return cosine_similarity(a.embedding, b.embedding, a.embedding_dimensions)
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -169,6 +197,12 @@ class Summary:
     different_requests: int  # matched jobs whose request bodies differ (a --model override)
     fingerprints_a: dict[str, int]  # fingerprint ("null" for none) -> runs, succeeded in A
     fingerprints_b: dict[str, int]
+    kinds: dict[str, int] = field(default_factory=dict)  # request kind -> matched jobs
+    incomplete_a: int = 0  # succeeded responses cut short (status incomplete) in A
+    incomplete_b: int = 0
+    # (valid, checked): succeeded runs with a JSON schema, and those that follow it, in A
+    schema_a: tuple[int, int] = (0, 0)
+    schema_b: tuple[int, int] = (0, 0)
 
     @property
     def exact_match_rate(self) -> float:
@@ -194,7 +228,17 @@ def summarize(items: Sequence[Item], *, only_a: int = 0, only_b: int = 0) -> Sum
         different_requests=sum(not i.same_request for i in items),
         fingerprints_a=prints([i.a for i in items]),
         fingerprints_b=prints([i.b for i in items]),
+        kinds=dict(sorted(Counter(i.a.api for i in items).items())),
+        incomplete_a=sum(i.a.incomplete for i in items),
+        incomplete_b=sum(i.b.incomplete for i in items),
+        schema_a=_schema_counts([i.a for i in items]),
+        schema_b=_schema_counts([i.b for i in items]),
     )
+
+
+def _schema_counts(results: Sequence[Result]) -> tuple[int, int]:
+    checked = [r.schema_valid for r in results if r.ok and r.schema_valid is not None]
+    return sum(checked), len(checked)
 
 
 def changed_most(items: Sequence[Item], limit: int) -> list[Item]:
@@ -338,6 +382,13 @@ async def load_round(
             queue.sent_endpoint().label("sent_endpoint"),
             Run.error_type,
             Run.error_message,
+            Run.latency_ms,
+            Job.api,
+            Run.response_status,
+            Run.embedding,
+            Run.embedding_dimensions,
+            Run.schema_valid,
+            Run.tool_calls,
         )
         .join(Job, Job.id == Run.job_id)
         .join(Round, Round.id == Run.round_id)
@@ -362,6 +413,13 @@ async def load_round(
             sent_endpoint=row.sent_endpoint,
             error_type=row.error_type,
             error_message=row.error_message,
+            latency_ms=row.latency_ms,
+            api=row.api,
+            response_status=row.response_status,
+            embedding=row.embedding,
+            embedding_dimensions=row.embedding_dimensions or 0,
+            schema_valid=row.schema_valid,
+            tool_calls=row.tool_calls,
         )
         for row in rows
     }
@@ -422,7 +480,11 @@ async def _with_embeddings(
             )
         name = used[0]
     config = settings.endpoint(name, option=option)
-    pairs = [(i.a.text, i.b.text) if i.a.ok and i.b.ok else None for i in items]
+    # Embeddings jobs have no text to embed: their vectors are compared as they are.
+    pairs = [
+        (i.a.text, i.b.text) if i.a.ok and i.b.ok and i.a.api != "embeddings" else None
+        for i in items
+    ]
     distances = await embedding_distances(config, options.model, pairs)
     return [replace(i, embedding_distance=d) for i, d in zip(items, distances, strict=True)], name
 

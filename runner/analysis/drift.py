@@ -238,6 +238,7 @@ async def make_report(engine: AsyncEngine, rnd: Any, now: datetime) -> MadeRepor
         "fingerprints_after": _prints(list(after.values())),
         "p_value": tested.p_value if summary is not None else None,
         "alpha": tested.alpha,
+        "schema_valid_rate": _valid_rate(list(after.values())),
         "on_drift_command": command if hook else None,
         "on_drift_state": HookState.PENDING.value if hook else None,
     }
@@ -247,6 +248,12 @@ async def make_report(engine: AsyncEngine, rnd: Any, now: datetime) -> MadeRepor
     log.info("drift report %d: round %d of batch %d: %s", report_id, rnd.number, rnd.batch_id,
              status.value)  # fmt: skip
     return MadeReport(report_id, rnd.id, status, hook)
+
+
+def _valid_rate(results: Sequence[Result]) -> float | None:
+    """Share of the succeeded runs with a JSON schema whose outputs follow it."""
+    checked = [r.schema_valid for r in results if r.ok and r.schema_valid is not None]
+    return sum(checked) / len(checked) if checked else None
 
 
 async def report_finished(engine: AsyncEngine, now: datetime) -> list[MadeReport]:
@@ -288,6 +295,7 @@ class DriftRow:
     p_value: float | None  # the distribution test's (None: none made)
     alpha: float | None
     comparison_id: int | None
+    schema_valid_rate: float | None  # of the round's outputs that had a JSON schema
     on_drift_state: str | None
     on_drift_exit_code: int | None
     on_drift_error: str | None
@@ -342,6 +350,7 @@ async def history(engine: AsyncEngine, schedule_id: int | None, limit: int) -> l
                 p_value=r.p_value,
                 alpha=r.alpha,
                 comparison_id=r.comparison_id,
+                schema_valid_rate=r.schema_valid_rate,
                 on_drift_state=r.on_drift_state,
                 on_drift_exit_code=r.on_drift_exit_code,
                 on_drift_error=r.on_drift_error,

@@ -11,20 +11,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-
-import httpx2
-import openai
+from typing import TYPE_CHECKING
 
 from runner.analysis.similarity import cosine_distance
 from runner.config import EndpointConfig
-from runner.endpoints.client import Redactor
 from runner.errors import ConfigError, RunnerError
+
+if TYPE_CHECKING:
+    import openai
+
+# The SDK (a second or two to import) is imported by the functions that call an
+# endpoint: `runner compare` without --embeddings never loads it.
 
 DEFAULT_MODEL = "text-embedding-3-small"
 INPUTS_PER_REQUEST = 256
 
 
 def _client(config: EndpointConfig, env: Mapping[str, str]) -> tuple[openai.AsyncOpenAI, str]:
+    import httpx2
+    import openai
+
     if config.type == "local":
         from runner.localmodel import LOCAL_BASE_URL, LocalModelService, LocalTransport
 
@@ -58,6 +64,10 @@ async def embed_texts(
     env: Mapping[str, str] | None = None,
 ) -> list[list[float]]:
     """The embedding of every text (non-empty), in order."""
+    import openai
+
+    from runner.endpoints.client import Redactor
+
     client, api_key = _client(config, os.environ if env is None else env)
     redact = Redactor(api_key)
     vectors: list[list[float]] = []

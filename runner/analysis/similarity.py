@@ -21,8 +21,6 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rapidfuzz.distance import Levenshtein
-
 # Words with the whitespace after them (and any leading whitespace on its own), so a
 # diff rebuilds the text exactly and never "matches" a lone space between two changes.
 _WORDS = re.compile(r"^\s+|\S+\s*")
@@ -32,6 +30,8 @@ def similarity(a: str, b: str) -> float:
     """Normalised edit-distance similarity: 1.0 for identical texts, 0.0 for nothing shared."""
     if a == b:
         return 1.0
+    from rapidfuzz.distance import Levenshtein  # here: `runner --help` needs none of it
+
     return float(Levenshtein.normalized_similarity(a, b))
 
 

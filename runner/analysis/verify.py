@@ -206,7 +206,9 @@ def _honoured(runs: Sequence[Any]) -> bool | None:
 def judge(key: str, runs: Sequence[Any], times: int) -> JobVerdict:
     """The verdict on one job from its runs (rows with state, output(s), fingerprint)."""
     ok = [r for r in runs if r.state == RunState.SUCCEEDED]
-    outputs = {r.outputs for r in ok}
+    # What a run gave: its texts, its tool calls, an embeddings run's vector bytes.
+    outputs = {(r.outputs, r.tool_calls, r.embedding) for r in ok}
+    vectors = any(r.embedding is not None for r in ok)
     samples = [text or "" for r in ok for text in json.loads(r.outputs or "[]")]
     first = runs[0]
     return JobVerdict(
@@ -219,7 +221,9 @@ def judge(key: str, runs: Sequence[Any], times: int) -> JobVerdict:
         succeeded=len(ok),
         unique_outputs=len(outputs),
         tarr=len(ok) == times and len(outputs) == 1,
-        mean_similarity=mean_pairwise_similarity([r.output or "" for r in ok]),
+        mean_similarity=(
+            None if vectors else mean_pairwise_similarity([r.output or "" for r in ok])
+        ),
         samples=len(samples),
         distinct_samples=len(set(samples)),
         diverges_at=first_divergence(samples),
@@ -268,6 +272,8 @@ async def report(conn: AsyncConnection, round_ids: Sequence[int]) -> VerifyRepor
             Run.outputs,
             Run.n_honoured,
             Run.system_fingerprint,
+            Run.tool_calls,
+            Run.embedding,
             queue.sent_endpoint().label("sent_endpoint"),
             func.coalesce(Round.model, Job.model).label("sent_model"),
         )

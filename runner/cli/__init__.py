@@ -2,12 +2,12 @@
 
 Every option can also be set with an environment variable, shown in ``--help``
 (``RUNNER_<COMMAND>_<OPTION>``, plus ``RUNNER_DATABASE_URL`` for ``--db``).
+The command modules (admin, data, jobs, replaying, reports, schedules) are imported when one of
+their commands runs: ``runner.cli.base.COMMANDS`` lists where each lives.
 """
 
 from __future__ import annotations
 
-# Importing the command modules registers their commands on ``main``.
-from runner.cli import admin, data, jobs, replaying, schedules
 from runner.cli.base import main
 
-__all__ = ["admin", "data", "jobs", "main", "replaying", "schedules"]
+__all__ = ["main"]

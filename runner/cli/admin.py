@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from runner.cli.base import Context, main, pass_context
-from runner.db import engine as db
 
 
 @main.command("serve")
@@ -94,6 +93,62 @@ from runner.db import engine as db
     help="Seed of the --nondeterminism and --fingerprints draws, so they repeat "
     "[default: fresh at every start]",
 )
+@click.option(
+    "--batch-dir",
+    type=click.Path(file_okay=False),
+    show_envvar=True,
+    help="Directory of the Batch API's files and batch records "
+    "[default: a temporary directory, removed at exit]",
+)
+@click.option(
+    "--batch-turnaround-ms",
+    default=100.0,
+    type=click.FloatRange(min=0),
+    show_envvar=True,
+    help="How long a batch stays in_progress at least.",
+)
+@click.option(
+    "--batch-expire-fraction",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    show_envvar=True,
+    help="Share of each batch's lines left unprocessed: the batch ends expired, its done "
+    "part in the output file, the rest as batch_expired in the error file.",
+)
+@click.option(
+    "--batch-line-error-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    show_envvar=True,
+    help="Share of batch lines answered with a 500 server_error in the error file "
+    "(drawn from --noise-seed).",
+)
+@click.option(
+    "--batch-fail-validation",
+    metavar="CODE[:MESSAGE]",
+    show_envvar=True,
+    help="Every batch fails validation with this error (e.g. 'invalid_json_line').",
+)
+@click.option(
+    "--batch-max-requests",
+    default=50_000,
+    type=click.IntRange(min=1),
+    show_envvar=True,
+    help="Requests per batch input file; more fail validation (too_many_tasks).",
+)
+@click.option(
+    "--batch-max-bytes",
+    default=200 * 1024 * 1024,
+    type=click.IntRange(min=1),
+    show_envvar=True,
+    help="Bytes per batch input file; more fail validation (file_too_large).",
+)
+@click.option(
+    "--batch-log",
+    type=click.Path(dir_okay=False),
+    show_envvar=True,
+    help="Append one JSON line per executed batch line to this file: batch_id, custom_id, time.",
+)
 def serve_cmd(
     host: str,
     port: int,
@@ -108,14 +163,36 @@ def serve_cmd(
     nondeterminism: float,
     fingerprints: tuple[str, ...] | None,
     noise_seed: int | None,
+    batch_dir: str | None,
+    batch_turnaround_ms: float,
+    batch_expire_fraction: float,
+    batch_line_error_rate: float,
+    batch_fail_validation: str | None,
+    batch_max_requests: int,
+    batch_max_bytes: int,
+    batch_log: str | None,
 ) -> None:
-    """Serve the built-in local model over HTTP (OpenAI chat completions, embeddings, models).
+    """Serve the built-in local model over HTTP (OpenAI chat, responses, embeddings, models,
+    and the Batch API: /v1/files and /v1/batches).
 
-    Any OpenAI client can use it: base URL http://HOST:PORT/v1, any API key.
+    Any OpenAI client can use it: base URL http://HOST:PORT/v1, any API key. Batches run in
+    the background through the same model (lines of /v1/chat/completions or /v1/embeddings,
+    output in shuffled order); the --batch-* options shape them for tests.
     """
+    from runner.localmodel.batches import BatchOptions
     from runner.localmodel.server import ServerOptions, run_server
 
     try:
+        batches = BatchOptions(
+            dir=batch_dir,
+            turnaround_ms=batch_turnaround_ms,
+            expire_fraction=batch_expire_fraction,
+            line_error_rate=batch_line_error_rate,
+            fail_validation=batch_fail_validation,
+            max_requests=batch_max_requests,
+            max_bytes=batch_max_bytes,
+            log=batch_log,
+        )
         options = ServerOptions(
             host=host,
             port=port,
@@ -130,6 +207,7 @@ def serve_cmd(
             nondeterminism=nondeterminism,
             fingerprints=fingerprints,
             noise_seed=noise_seed,
+            batches=batches,
             log_level="warning",
         )
     except ValueError as exc:
@@ -160,6 +238,8 @@ def db_group() -> None:
 @pass_context
 def db_upgrade(obj: Context, revision: str) -> None:
     """Create or upgrade the schema (needed once for PostgreSQL and after updates)."""
+    from runner.db import engine as db
+
     before, after = db.upgrade(obj.settings.database_url, revision)
     url = db.safe_url(obj.settings.database_url)
     if before == after:
@@ -172,6 +252,8 @@ def db_upgrade(obj: Context, revision: str) -> None:
 @pass_context
 def db_current(obj: Context) -> None:
     """Print the schema revision of the database and the one this version needs."""
+    from runner.db import engine as db
+
     db.require_database(obj.settings.database_url)
     engine = db.create_sync_engine(obj.settings.database_url)
     try:

@@ -3,35 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runner import output
 from runner.cli.base import Context, _clock, _concurrency, _format, main, pass_context
-from runner.db import queue
-from runner.db.engine import safe_url
-from runner.db.models import RunState
-from runner.db.types import utcnow
 from runner.errors import RunnerError
-from runner.progress import Mode, run_with_progress, watch_status
-from runner.replay import reuse_for_round
-from runner.report import (
-    batch_status,
-    list_batches,
-    resolve_batch,
-    round_ids_of,
-    run_details,
-)
-from runner.submit import Submitted, submit
-from runner.work import Worker
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from runner.db import queue
+    from runner.progress import Mode
+    from runner.submit import Submitted
+
+# The core is imported by each command (runner.cli.base says why).
 
 
 def _job_file_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -107,6 +98,8 @@ def submit_cmd(
     Warns if the endpoint's API key variable is not set here (workers elsewhere may
     have it).
     """
+    from runner.submit import submit
+
     sub = obj.run(
         lambda e: submit(
             e,
@@ -183,6 +176,11 @@ def work_cmd(
     and cron); a worker without --burst exits 0 when stopped. It refuses to start if
     queued runs need an endpoint whose API key is not set here, and leaves them queued.
     """
+    from runner import output
+    from runner.db import queue
+    from runner.progress import run_with_progress
+    from runner.work import Worker
+
     mode, interval = _progress_mode(quiet, progress_interval)
 
     async def go(engine: AsyncEngine) -> Any:
@@ -240,6 +238,12 @@ def run_cmd(
     exits 3 (see --again). Exits 1 if any run failed or is left unfinished. Nothing is
     queued if the endpoint's API key is not set.
     """
+    from runner import output
+    from runner.progress import run_with_progress
+    from runner.replay import reuse_for_round
+    from runner.report import batch_status
+    from runner.submit import submit
+    from runner.work import Worker
 
     async def go(engine: AsyncEngine) -> Any:
         sub = await submit(
@@ -292,6 +296,9 @@ def run_cmd(
 
 def _echo_held(last: queue.LastRound) -> None:
     """Runs another worker holds (maybe one killed before it could release them)."""
+    from runner.db.models import RunState
+    from runner.db.types import utcnow
+
     held = last.counts.get(RunState.RUNNING.value, 0)
     if not held or last.lease_until is None:
         return
@@ -306,6 +313,8 @@ def _echo_held(last: queue.LastRound) -> None:
 
 def _resume_command(job_file: Path, endpoint: str | None, name: str | None) -> str:
     """The command line that resumes this run (secrets masked: ``--db`` as safe_url)."""
+    from runner.db.engine import safe_url
+
     words = ["runner"]
     root = click.get_current_context().find_root()
     if root.get_parameter_source("database_url") == ParameterSource.COMMANDLINE:
@@ -355,6 +364,9 @@ def status_cmd(
     Cost needs prices in runner.toml ([prices."MODEL"] input/output in USD per 1M tokens);
     a model without one makes the cost unknown, never 0.
     """
+    from runner import output
+    from runner.report import batch_status
+
     prices = obj.settings.prices
     as_json = as_json or fmt == "json"
 
@@ -370,6 +382,8 @@ def status_cmd(
             return await batch_status(conn, batch)
 
     async def loop(engine: AsyncEngine) -> None:
+        from runner.progress import watch_status
+
         await watch_status(lambda: once(engine), text, interval)
 
     if not watch:
@@ -390,6 +404,8 @@ def status_cmd(
 @pass_context
 def batches_cmd(obj: Context, limit: int) -> None:
     """List batches: jobs, rounds, the last round's counts and the last fingerprint seen."""
+    from runner import output
+    from runner.report import list_batches
 
     async def go(engine: AsyncEngine) -> Any:
         async with engine.connect() as conn:
@@ -412,6 +428,9 @@ def batches_cmd(obj: Context, limit: int) -> None:
 def cancel_cmd(obj: Context, batch: str, round_number: int | None) -> None:
     """Cancel BATCH's unfinished runs: queued ones at once, running ones at their
     worker's next heartbeat (their results, if they arrive, are not stored)."""
+    from runner.db import queue
+    from runner.db.types import utcnow
+    from runner.report import resolve_batch, round_ids_of
 
     async def go(engine: AsyncEngine) -> tuple[str, int, int]:
         async with engine.connect() as conn:
@@ -457,6 +476,11 @@ def retry_cmd(
 
     Then run `runner work` to execute them.
     """
+    from runner.db import queue
+    from runner.db.models import RunState
+    from runner.db.types import utcnow
+    from runner.report import resolve_batch, round_ids_of
+
     states = [s for s, on in ((RunState.FAILED, failed), (RunState.CANCELLED, cancelled)) if on]
     if not states:
         raise click.UsageError("say what to retry: --failed and/or --cancelled")
@@ -508,6 +532,8 @@ def show_cmd(
     """
     if key is None and not run_or_batch.isdigit():
         raise click.UsageError("give a run id, or a batch and a job key")
+    from runner import output
+    from runner.report import run_details
 
     async def go(engine: AsyncEngine) -> Any:
         async with engine.connect() as conn:
@@ -517,4 +543,4 @@ def show_cmd(
 
     details = obj.run(go)
     as_json = as_json or fmt == "json"
-    click.echo(json.dumps(details, default=str, indent=2) if as_json else output.run_text(details))
+    click.echo(output.run_json(details) if as_json else output.run_text(details))

@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runner import output, render
-from runner.analysis.compare import ComparisonReport, EmbeddingOptions, compare
-from runner.analysis.diff import JobDiff, diff_job
-from runner.analysis.distribution import DEFAULT_ALPHA, Verdict
+from runner.analysis.distribution import DEFAULT_ALPHA
 from runner.analysis.embedding import DEFAULT_MODEL as DEFAULT_EMBEDDINGS_MODEL
-from runner.analysis.verify import VerifyReport, is_job_file, verify
 from runner.cli.base import Context, _concurrency, _format, _terminal, main, pass_context
-from runner.config import Settings
 from runner.errors import RunnerError
 from runner.params import MAX_SAMPLES
-from runner.replay import Selection, replay
-from runner.report import (
-    batch_status,
-)
-from runner.work import Worker
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from runner.analysis.compare import ComparisonReport
+    from runner.analysis.diff import JobDiff
+    from runner.analysis.verify import VerifyReport
+    from runner.config import Settings
+
+# The core is imported by each command (runner.cli.base says why).
 
 
 def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -43,6 +42,8 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> floa
 async def _work_rounds(
     engine: AsyncEngine, settings: Settings, round_ids: list[int], concurrency: int | None
 ) -> None:
+    from runner.work import Worker
+
     worker = Worker(
         engine,
         settings,
@@ -155,6 +156,10 @@ def replay_cmd(
 
     Filters combine: `--job a --only-failed` replays job a if its latest run failed.
     """
+    from runner import output, render
+    from runner.replay import Selection, replay
+    from runner.report import batch_status
+
     selection = Selection(keys, run_ids, only_failed=only_failed, only_changed=only_changed)
 
     async def go(engine: AsyncEngine) -> Any:
@@ -261,6 +266,11 @@ def compare_cmd(
     `runner compare BATCH` compares its latest two finished rounds, `--rounds 1 3` two
     chosen ones; `runner compare BATCH OTHER` matches two batches by job key.
     """
+    from runner import output, render
+    from runner.analysis.compare import EmbeddingOptions, compare
+    from runner.analysis.distribution import Verdict
+    from runner.report import batch_status
+
     options = (
         EmbeddingOptions(embeddings_endpoint, embeddings_model)
         if embeddings or embeddings_endpoint
@@ -332,6 +342,8 @@ def compare_cmd(
 @pass_context
 def diff_cmd(obj: Context, batch: str, key: str, rounds: tuple[int, int] | None) -> None:
     """Word-level diff of job KEY of BATCH between two rounds ([-old-] {+new+})."""
+    from runner import render
+    from runner.analysis.diff import diff_job
 
     async def go(engine: AsyncEngine) -> JobDiff:
         pair = (rounds[0], rounds[1]) if rounds else None
@@ -392,6 +404,8 @@ def verify_cmd(
     the word at which its outputs diverge, and with several samples per run, distinct
     samples and whether the endpoint honoured n. Exits 1 if a run failed.
     """
+    from runner import render
+    from runner.analysis.verify import is_job_file, verify
 
     async def go(engine: AsyncEngine) -> VerifyReport:
         return await verify(

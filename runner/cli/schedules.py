@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runner.analysis.drift import history
 from runner.cli.base import Context, _clock, _concurrency, _format, _terminal, main, pass_context
-from runner.db.types import utcnow
 from runner.errors import RunnerError
 from runner.params import MAX_SAMPLES
-from runner.scheduling.schedule import (
-    PassResult,
-    add_schedule,
-    list_schedules,
-    owner_id,
-    pause,
-    remove,
-    resume,
-    run_pass,
-    schedule_id,
-)
-from runner.scheduling.view import (
-    drift_json,
-    drift_text,
-    pass_text,
-    schedule_line,
-    schedules_json,
-    schedules_text,
-)
-from runner.work import Worker
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from runner.scheduling.schedule import PassResult
+
+# The core is imported by each command (runner.cli.base says why).
 
 
 def _wide() -> int:
@@ -96,6 +80,14 @@ def schedule_group() -> None:
     show_envvar=True,
     help="Significance level of the drift reports' distribution test [default: 0.05]",
 )
+@click.option(
+    "--report",
+    metavar="PATH",
+    show_envvar=True,
+    help="Rewrite the batch's HTML report (as `runner report`) at PATH after each drift "
+    "report, atomically; {date} (the tick's date) and {round} (its number) are filled in, "
+    "e.g. 'reports/nightly-{date}.html'.",
+)
 @pass_context
 def schedule_add(
     obj: Context,
@@ -107,8 +99,11 @@ def schedule_add(
     catch_up: str,
     samples: int | None,
     alpha: float | None,
+    report: str | None,
 ) -> None:
     """Schedule BATCH (id or name) under NAME: a new round of all its jobs at every tick."""
+    from runner.scheduling.schedule import add_schedule
+    from runner.scheduling.view import schedule_line
 
     async def go(engine: AsyncEngine) -> Any:
         return await add_schedule(
@@ -121,6 +116,7 @@ def schedule_add(
             on_drift=on_drift,
             samples=samples,
             alpha=alpha,
+            report=report,
         )
 
     click.echo(schedule_line(obj.run(go)))
@@ -131,6 +127,10 @@ def schedule_add(
 @pass_context
 def schedule_list(obj: Context, fmt: str) -> None:
     """Every schedule: cron, time zone, next and last tick, latest drift status."""
+    from runner.db.types import utcnow
+    from runner.scheduling.schedule import list_schedules
+    from runner.scheduling.view import schedules_json, schedules_text
+
     infos = obj.run(lambda engine: list_schedules(engine, utcnow()))
     click.echo(schedules_json(infos) if fmt == "json" else schedules_text(infos, _wide()))
 
@@ -140,6 +140,9 @@ def schedule_list(obj: Context, fmt: str) -> None:
 @pass_context
 def schedule_pause(obj: Context, name: str) -> None:
     """Stop NAME's ticks until `runner schedule resume`."""
+    from runner.db.types import utcnow
+    from runner.scheduling.schedule import list_schedules, pause
+    from runner.scheduling.view import schedule_line
 
     async def go(engine: AsyncEngine) -> Any:
         changed = await pause(engine, name)
@@ -155,6 +158,9 @@ def schedule_pause(obj: Context, name: str) -> None:
 @pass_context
 def schedule_resume(obj: Context, name: str) -> None:
     """Start NAME's ticks again; ticks that fell while it was paused never run."""
+    from runner.db.types import utcnow
+    from runner.scheduling.schedule import list_schedules, resume
+    from runner.scheduling.view import schedule_line
 
     async def go(engine: AsyncEngine) -> Any:
         changed = await resume(engine, name)
@@ -170,6 +176,8 @@ def schedule_resume(obj: Context, name: str) -> None:
 @pass_context
 def schedule_remove(obj: Context, name: str) -> None:
     """Delete NAME. Its rounds and drift reports stay (their schedule_id becomes NULL)."""
+    from runner.scheduling.schedule import remove
+
     info = obj.run(lambda engine: remove(engine, name))
     click.echo(f"schedule {info.name} removed (batch {info.batch_id} and its rounds are kept)")
 
@@ -203,6 +211,10 @@ def schedule_run_due(
     and runs pending on-drift commands. Racing with workers is safe: each tick gets
     one round.
     """
+    from runner.scheduling.schedule import PassResult, owner_id, run_pass
+    from runner.scheduling.view import pass_text
+    from runner.work import Worker
+
     clock = _clock(now)
 
     async def go(engine: AsyncEngine) -> PassResult:
@@ -246,6 +258,9 @@ def drift_cmd(obj: Context, schedule: str | None, limit: int, fmt: str) -> None:
     batch: status, exact-match rate, fingerprints before and after, on-drift command.
     The rows are in the drift_reports table (see docs/schema.md).
     """
+    from runner.analysis.drift import history
+    from runner.scheduling.schedule import schedule_id
+    from runner.scheduling.view import drift_json, drift_text
 
     async def go(engine: AsyncEngine) -> Any:
         wanted = await schedule_id(engine, schedule) if schedule is not None else None

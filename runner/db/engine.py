@@ -14,39 +14,52 @@ A worker on SQLite makes its claims and stores its results through an
 thread. A claim or a store is a few milliseconds of local work, cheaper to do at once
 than to hand to a thread and wait a whole event-loop pass for each of its round trips
 (with hundreds of requests in flight, one pass can take tens of milliseconds).
+
+A long run of writes (a big submit) goes through a :func:`bulk_writer`: on SQLite, a
+connection that checkpoints the WAL rarely until it goes back to the pool.
 """
 
 from __future__ import annotations
 
+import ast
 import logging
 import random
+import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, closing, contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool, StaticPool
 
 from runner.db.reader import ensure_reader
 from runner.errors import ConfigError, DatabaseError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic (most of a second to import) is imported only to migrate, or when the
+# database is not at the head revision: every command checks the schema first, and that
+# check reads the head from the migration files' text and the database's revision with
+# one query (``ensure_schema``).
 
 T = TypeVar("T")
 log = logging.getLogger("runner.db")
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 # An InlineSQLite blocks its event loop at most this long for the lock, then yields.
 INLINE_BUSY_TIMEOUT_MS = 5
+# A bulk write on SQLite (a big submit, ``bulk_writer``): checkpoint the WAL after 65,536
+# pages (256 MiB of 4 KiB pages) rather than SQLite's 1,000, and cache 64 MiB of pages
+# (a negative cache_size is KiB) rather than 2 MiB.
+BULK_SQLITE_PRAGMAS = {"wal_autocheckpoint": 65_536, "cache_size": -65_536}
 _SQLITE_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
@@ -210,16 +223,72 @@ class InlineSQLite:
         self.engine.dispose()
 
 
+async def _driver(conn: AsyncConnection) -> Any:
+    """The aiosqlite connection under ``conn``. Statements on it start no transaction:
+    SQLAlchemy would BEGIN one (our BEGIN IMMEDIATE, which takes the write lock), and
+    SQLite refuses to checkpoint inside one."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    assert driver is not None  # an open aiosqlite connection
+    return driver
+
+
+async def _pragma(driver: Any, statement: str) -> int | None:
+    """Run ``PRAGMA statement`` on an aiosqlite connection; its value, if it gives one."""
+    cursor = await driver.execute(f"PRAGMA {statement}")
+    row = await cursor.fetchone()
+    await cursor.close()
+    return None if row is None else int(row[0])
+
+
 async def checkpoint(engine: AsyncEngine) -> None:
     """Copy SQLite's write-ahead log into the database file, off the event loop's thread
     (aiosqlite's), without waiting for or blocking other connections (PASSIVE)."""
     async with engine.connect() as conn:
-        # On the driver's connection: outside a transaction (SQLAlchemy would BEGIN one,
-        # and SQLite refuses to checkpoint inside it).
-        driver = (await conn.get_raw_connection()).driver_connection
-        assert driver is not None  # an open aiosqlite connection
-        cursor = await driver.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        await cursor.close()
+        await _pragma(await _driver(conn), "wal_checkpoint(PASSIVE)")
+
+
+@asynccontextmanager
+async def bulk_writer(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """One connection for a long run of write transactions (a submit's chunks); the
+    caller begins and commits them (``async with conn.begin()``).
+
+    On SQLite the connection checkpoints the WAL rarely and caches more pages while it
+    is lent (``BULK_SQLITE_PRAGMAS``). With SQLite's default checkpoint every 1,000
+    pages, each commit of a big submit copied every page it had touched into the
+    database file (and synced both files): the ``jobs.request_hash`` index takes its
+    keys in random order, so each chunk's keys land on thousands of its pages, copied
+    again at every chunk. The WAL may now grow to about 270 MiB during the writes; it
+    is checkpointed (PASSIVE) when they end, and the connection's own settings are
+    restored before it goes back to the pool, so the engine's other users keep
+    SQLite's defaults (if they cannot be restored, the connection is closed instead of
+    pooled). On PostgreSQL this is just a connection.
+    """
+    async with engine.connect() as conn:
+        if not is_sqlite(engine):
+            yield conn
+            return
+        driver = await _driver(conn)
+        before = {name: await _pragma(driver, name) for name in BULK_SQLITE_PRAGMAS}
+        try:
+            for name, value in BULK_SQLITE_PRAGMAS.items():
+                await _pragma(driver, f"{name} = {value}")
+            yield conn
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _end_bulk(conn, driver, before)
+
+
+async def _end_bulk(conn: AsyncConnection, driver: Any, settings: dict[str, int | None]) -> None:
+    """Checkpoint what a bulk writer wrote and give its connection back its settings."""
+    try:
+        if conn.in_transaction():
+            await conn.rollback()
+        await _pragma(driver, "wal_checkpoint(PASSIVE)")
+        for name, value in settings.items():
+            await _pragma(driver, f"{name} = {value}")
+    except Exception as exc:
+        log.warning("closing a bulk writer's connection: %s", reason(exc))
+        await conn.invalidate()
 
 
 # ---------------------------------------------------------------- migrations
@@ -227,6 +296,8 @@ async def checkpoint(engine: AsyncEngine) -> None:
 
 def alembic_config(url: str | None = None) -> Config:
     """An Alembic config pointing at the migrations shipped inside the package."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(resources.files("runner.migrations")))
     if url is not None:
@@ -234,14 +305,74 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
+# ``revision: str = "0011"`` and ``down_revision: str | None = "0010"`` in a migration file.
+_REVISION_LINE = re.compile(r"^(revision|down_revision)\b[^=\n]*=\s*(.+?)\s*$", re.MULTILINE)
+
+
+def _head_from_files() -> str | None:
+    """The head revision read from the migration files' text, without Alembic; None when
+    the files do not name exactly one head that way (then Alembic decides)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    versions = resources.files("runner.migrations") / "versions"
+    for entry in versions.iterdir():
+        if not entry.name.endswith(".py") or entry.name.startswith("_"):
+            continue
+        text = entry.read_text("utf-8")
+        found = {m[1]: m[2] for m in _REVISION_LINE.finditer(text)}
+        try:
+            revision = ast.literal_eval(found["revision"])
+            down = ast.literal_eval(found.get("down_revision", "None"))
+        except (KeyError, SyntaxError, ValueError):
+            return None
+        if not isinstance(revision, str):
+            return None
+        revisions.add(revision)
+        parents.update([down] if isinstance(down, str) else down or ())
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    """The revision this seed-runner's schema is at (the migrations' single head)."""
+    head = _head_from_files()
+    if head is None:
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
 
 
 def current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(connection).get_current_revision()
+
+
+def _recorded_revision(url: str) -> str | None:
+    """The revision the database records (alembic_version), read with one query and no
+    lock; None when there is none, or it cannot be read that way."""
+    parsed = parse_url(url)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            path = Path(parsed.database or "").expanduser()
+            if not path.is_file():
+                return None
+            with closing(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)) as conn:
+                row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        else:
+            engine = create_sync_engine(url)
+            try:
+                with engine.connect() as connection:
+                    row = connection.exec_driver_sql(
+                        "SELECT version_num FROM alembic_version"
+                    ).fetchone()
+            finally:
+                engine.dispose()
+    except (sqlite3.Error, SQLAlchemyError):
+        return None  # no schema, or no database: the full check says which, and why
+    return str(row[0]) if row else None
 
 
 def upgrade(url: str, revision: str = "head") -> tuple[str | None, str]:
@@ -250,6 +381,8 @@ def upgrade(url: str, revision: str = "head") -> tuple[str | None, str]:
     At the head revision on PostgreSQL, also sets up the role `runner sql` reads as
     (runner.db.reader), in the same transaction.
     """
+    from alembic import command
+
     engine = create_sync_engine(url)
     try:
         with engine.begin() as connection:
@@ -309,12 +442,16 @@ def ensure_schema(url: str, *, create: bool = True) -> None:
     if not create:
         require_database(url)
     head = head_revision()
+    if _recorded_revision(url) == head:
+        return
     parsed = parse_url(url)
     with _connect_sync(url) as connection:
         current = current_revision(connection)
         if current == head:
             return
         if current is None and parsed.get_backend_name() == "sqlite":
+            from alembic import command
+
             config = alembic_config(url)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")

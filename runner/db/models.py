@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -92,6 +93,8 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("batch_id", "key", name="uq_jobs_batch_key"),
         Index("ix_jobs_request_hash", "request_hash"),
+        # On PostgreSQL only (migration 0013): SQLite would have to copy the table.
+        CheckConstraint("api IN ('chat', 'responses', 'embeddings')", name="ck_jobs_api"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -103,6 +106,8 @@ class Job(Base):
     request_hash: Mapped[str] = mapped_column(String(71))
     seed: Mapped[int | None] = mapped_column(BigInteger)
     source_line: Mapped[int | None] = mapped_column(Integer)
+    # Which API the body is for: a runner.kinds.Api value.
+    api: Mapped[str] = mapped_column(String(20), default="chat", server_default="chat")
 
 
 class Round(Base):
@@ -175,6 +180,20 @@ class Run(Base):
     # Several samples asked (``n`` > 1): whether one response held them all (False: the
     # endpoint ignored ``n`` and the rest came from further requests). NULL: one asked.
     n_honoured: Mapped[bool | None] = mapped_column(Boolean)
+    # Responses API: the response's status and, when incomplete, why (JSON as returned).
+    response_status: Mapped[str | None] = mapped_column(String(20))
+    incomplete_details: Mapped[str | None] = mapped_column(Text)
+    # Usage details any kind may report (NULL: the endpoint did not say).
+    service_tier: Mapped[str | None] = mapped_column(String(50))
+    cached_tokens: Mapped[int | None] = mapped_column(Integer)
+    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
+    # Embeddings: every input's vector as little-endian float32, back to back.
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    embedding_dimensions: Mapped[int | None] = mapped_column(Integer)
+    # A job with a JSON schema: whether every output follows it (NULL: no schema asked).
+    schema_valid: Mapped[bool | None] = mapped_column(Boolean)
+    # Tool calls returned (chat: the first choice's): canonical [{"name", "arguments"}].
+    tool_calls: Mapped[str | None] = mapped_column(Text)
     # Failure: the last error.
     error_type: Mapped[str | None] = mapped_column(String(100))
     error_status: Mapped[int | None] = mapped_column(Integer)
@@ -339,6 +358,8 @@ class Schedule(Base):
     samples: Mapped[int | None] = mapped_column(Integer)
     # Significance level of its drift reports' distribution test (NULL: 0.05).
     alpha: Mapped[float | None] = mapped_column(Float)
+    # Where the batch's HTML report is rewritten after each drift report ({date}, {round}).
+    report: Mapped[str | None] = mapped_column(Text)
 
 
 class DriftStatus(enum.StrEnum):
@@ -403,6 +424,8 @@ class DriftReport(Base):
     # The distribution test's p-value (NULL: none made) and the alpha it was judged at.
     p_value: Mapped[float | None] = mapped_column(Float)
     alpha: Mapped[float | None] = mapped_column(Float)
+    # Share of the round's runs with a JSON schema whose outputs follow it (NULL: none).
+    schema_valid_rate: Mapped[float | None] = mapped_column(Float)
     on_drift_command: Mapped[str | None] = mapped_column(Text)
     on_drift_state: Mapped[str | None] = mapped_column(String(20))
     on_drift_worker: Mapped[str | None] = mapped_column(String(200))

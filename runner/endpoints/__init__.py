@@ -22,10 +22,11 @@ class ErrorKind(StrEnum):
 
 @dataclass(frozen=True)
 class Completion:
-    """A successful chat completion as the endpoint returned it."""
+    """A successful answer of any request kind as the endpoint returned it
+    (``runner.endpoints.kinds`` reads each kind's body into these fields)."""
 
     response: str  # the body exactly as returned
-    outputs: tuple[str | None, ...]  # message content of every choice, in index order
+    outputs: tuple[str | None, ...]  # chat: every choice's content in order; responses: its text
     finish_reason: str | None
     model: str | None
     system_fingerprint: str | None
@@ -35,6 +36,14 @@ class Completion:
     total_tokens: int | None
     http_status: int
     rate_limits: RateLimitInfo | None = None  # what the x-ratelimit-* headers said
+    response_status: str | None = None  # responses: completed, incomplete, ...
+    incomplete_details: str | None = None  # responses: why incomplete (JSON as returned)
+    service_tier: str | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    embedding: bytes | None = None  # embeddings: every vector as float32 bytes
+    embedding_dimensions: int | None = None
+    tool_calls: str | None = None  # canonical JSON [{"name", "arguments"}], None if none
 
 
 class EndpointError(Exception):

@@ -20,16 +20,20 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
 import openai
 
 from runner.config import EndpointConfig
-from runner.endpoints import Completion, EndpointError, ErrorKind
+from runner.endpoints import Completion, EndpointError, ErrorKind, kinds
 from runner.endpoints.sdk import RunnerOpenAI
 from runner.errors import ConfigError
+from runner.kinds import Api
 from runner.ratelimit import RateLimitInfo
+
+if TYPE_CHECKING:
+    from runner.localmodel import LocalModelService
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 
@@ -166,57 +170,30 @@ def _status_error(exc: openai.APIStatusError, redact: Redactor) -> EndpointError
     )
 
 
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _choices(data: Any) -> list[dict[str, Any]]:
-    """The choices of a chat completion body, in index order; ValueError if it is not one."""
-    if not isinstance(data, dict):
-        raise ValueError("the body is not a JSON object")
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices:
-        raise ValueError("the response has no choices")
-    for choice in choices:
-        if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
-            raise ValueError("a choice has no message")
-        content = choice["message"].get("content")
-        if content is not None and not isinstance(content, str):
-            raise ValueError("a message's content is not text")
-    return sorted(choices, key=lambda c: c.get("index") or 0)
-
-
-def _completion(http: httpx2.Response) -> Completion:
-    """Read what we store from a chat completion body, leniently as the SDK does:
-    only the shape we rely on is checked (servers differ in the optional fields)."""
+def _completion(http: httpx2.Response, api: Api) -> Completion:
+    """Read what we store from a body of ``api``'s kind (``runner.endpoints.kinds``)."""
     text = http.text
     try:
         data = json.loads(text)
-        choices = _choices(data)
+        fields = kinds.read(api, data)
     except ValueError as exc:  # json.JSONDecodeError included: a transient server fault
         raise EndpointError(
             ErrorKind.RETRYABLE,
             "invalid_response",
-            f"the endpoint returned a body that is not a chat completion: {exc}"[:500],
+            f"the endpoint returned a body that is not a {api.value} response: {exc}"[:500],
             status=http.status_code,
             rate_limits=RateLimitInfo.from_headers(http.headers),
             body=text[:ERROR_BODY_LIMIT] or None,
             request_id=http.headers.get("x-request-id") or None,
         ) from exc
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    model, fingerprint, ident = data.get("model"), data.get("system_fingerprint"), data.get("id")
+    model, ident = data.get("model"), data.get("id")
+    fields.setdefault("response", text)
     return Completion(
-        response=text,
-        outputs=tuple(c["message"].get("content") for c in choices),
-        finish_reason=choices[0].get("finish_reason"),
         model=model if isinstance(model, str) else None,
-        system_fingerprint=fingerprint if isinstance(fingerprint, str) else None,
         request_id=http.headers.get("x-request-id") or (ident if isinstance(ident, str) else None),
-        prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
-        completion_tokens=_int_or_none(usage.get("completion_tokens")),
-        total_tokens=_int_or_none(usage.get("total_tokens")),
         http_status=http.status_code,
         rate_limits=RateLimitInfo.from_headers(http.headers),
+        **fields,
     )
 
 
@@ -243,6 +220,30 @@ def _connection_error(
     )
 
 
+def _local_service(config: EndpointConfig) -> LocalModelService:
+    """The built-in model as a ``type = "local"`` endpoint configures it."""
+    from runner.localmodel import LocalModelService
+    from runner.localmodel.batches import BatchOptions
+
+    batches = BatchOptions(
+        dir=config.batch_dir,
+        turnaround_ms=config.batch_turnaround_ms,
+        expire_fraction=config.batch_expire_fraction,
+        line_error_rate=config.batch_line_error_rate,
+        fail_validation=config.batch_fail_validation,
+        max_requests=config.batch_max_requests,
+        max_bytes=config.batch_max_bytes,
+        log=config.batch_log,
+    )
+    return LocalModelService(
+        variant=config.variant,
+        nondeterminism=config.nondeterminism,
+        fingerprints=config.fingerprints,
+        noise_seed=config.noise_seed,
+        batches=batches,
+    )
+
+
 class EndpointClient:
     """One endpoint's SDK client; create it inside the running event loop."""
 
@@ -252,19 +253,14 @@ class EndpointClient:
     def __init__(self, config: EndpointConfig, *, env: Mapping[str, str] | None = None) -> None:
         self.config = config
         env = os.environ if env is None else env
+        self._service: LocalModelService | None = None
         if config.type == "local":
-            from runner.localmodel import LocalModelService
             from runner.localmodel.transport import LOCAL_BASE_URL, LocalTransport
 
             api_key = "local"
             base_url = LOCAL_BASE_URL
-            service = LocalModelService(
-                variant=config.variant,
-                nondeterminism=config.nondeterminism,
-                fingerprints=config.fingerprints,
-                noise_seed=config.noise_seed,
-            )
-            http_client = httpx2.AsyncClient(transport=LocalTransport(service))
+            self._service = _local_service(config)
+            http_client = httpx2.AsyncClient(transport=LocalTransport(self._service))
         else:
             problem = config.missing_key(env)
             if problem:
@@ -288,24 +284,27 @@ class EndpointClient:
         )
 
     async def chat(self, body: str | Mapping[str, Any]) -> Completion:
-        """Send one request body (the stored JSON text, or a mapping to serialise);
-        raise ``EndpointError`` on any failure.
+        """Send one chat completion body; see :meth:`send`."""
+        return await self.send(Api.CHAT, body)
 
-        The JSON goes through the SDK's client as it is (``post`` with the bytes), without
-        re-shaping the body the way ``chat.completions.create`` does (a copy that costs
-        more than the request).
+    async def send(self, api: Api, body: str | Mapping[str, Any]) -> Completion:
+        """Send one request body of ``api``'s kind (the stored JSON text, or a mapping to
+        serialise) to that API's path; raise ``EndpointError`` on any failure.
+
+        The JSON goes through the SDK's client as it is (``post`` with the bytes, to the
+        path ``chat.completions.create`` / ``responses.create`` / ``embeddings.create``
+        post to), without re-shaping the body the way those methods do (a copy that
+        costs more than the request).
         """
         content = (body if isinstance(body, str) else json.dumps(body)).encode()
         try:
-            http = await self._client.post(
-                "/chat/completions", content=content, cast_to=httpx2.Response
-            )
+            http = await self._client.post(api.path, content=content, cast_to=httpx2.Response)
         except openai.APIConnectionError as exc:  # APITimeoutError included
             raise _connection_error(exc, self.config.timeout, self._redact) from None
         except openai.APIStatusError as exc:
             raise _status_error(exc, self._redact) from None
         try:
-            completion = _completion(http)
+            completion = _completion(http, api)
         except EndpointError as exc:  # a body that is not a completion
             exc.message = self._redact(exc.message)
             exc.body = self._redact.optional(exc.body)
@@ -313,8 +312,16 @@ class EndpointClient:
             raise
         return self._redact.completion(completion)
 
+    @property
+    def sdk(self) -> openai.AsyncOpenAI:
+        """The endpoint's SDK client, for the calls ``chat`` does not make (the Batch API's
+        files and batches); it has ``max_retries=0`` like every call here."""
+        return self._client
+
     async def aclose(self) -> None:
         await self._client.close()
+        if self._service is not None:  # stops the local Batch API's running batches
+            self._service.close()
 
 
 class EndpointPool:

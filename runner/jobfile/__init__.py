@@ -5,7 +5,7 @@ Two formats:
 * YAML job specs (``.yaml``/``.yml``, ``yamlspec``) that expand into many requests:
   models x items x vars (cartesian) x seeds x repeat, in that order.
 * OpenAI Batch API input files (``.jsonl``, ``batch``), one request per line, taken as
-  they are (only ``/v1/chat/completions`` lines).
+  they are (chat, responses and embeddings lines, by each line's ``url``).
 
 Every problem is a ``JobFileError`` naming file, line and field, and hostile input is
 refused before it costs memory or time (``values``: bounded nesting, no YAML aliases,

@@ -1,8 +1,9 @@
 """OpenAI Batch API input files (``.jsonl``): one request per line, taken as it is.
 
-Only ``/v1/chat/completions`` lines. The file is read as a stream: a million-line
-file is never held in memory, and each line is checked (``values``) before its job
-is built.
+Lines for ``/v1/chat/completions``, ``/v1/responses`` and ``/v1/embeddings``, mixed as
+OpenAI takes them: each line's ``url`` is its job's kind (``runner.kinds``), and its body
+is checked for that kind. The file is read as a stream: a million-line file is never held
+in memory, and each line is checked (``values``) before its job is built.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from runner.jobfile.values import (
     text_problem,
     value_problem,
 )
-from runner.params import check_body_params
+from runner.kinds import BATCH_URLS, Api, api_for_url
+from runner.kinds.params import check_kind_body
 
-CHAT_COMPLETIONS_URL = "/v1/chat/completions"
 BATCH_LINE_KEYS = {"custom_id", "method", "url", "body"}
 
 
@@ -56,10 +57,10 @@ def _batch_record(path: str, number: int, raw: bytes) -> dict[str, Any]:
         problem = "custom_id", bad_id
     elif record.get("method") != "POST":
         problem = "method", f'must be "POST", got {record.get("method")!r}'
-    elif record.get("url") != CHAT_COMPLETIONS_URL:
+    elif api_for_url(record.get("url")) is None:
         problem = (
             "url",
-            (f"unsupported url {record.get('url')!r}: only {CHAT_COMPLETIONS_URL} is supported"),
+            f"unsupported url {record.get('url')!r}: use one of {', '.join(BATCH_URLS)}",
         )
     elif not isinstance(record.get("body"), dict):
         problem = "body", "must be a JSON object"
@@ -90,24 +91,20 @@ def _canonical(path: str, number: int, body: dict[str, Any]) -> tuple[str, str]:
         raise JobFileError(path, number, problem[0], problem[1]) from None
 
 
-def _batch_line(path: str, number: int, raw: bytes) -> tuple[str, dict[str, Any]]:
+def _batch_line(path: str, number: int, raw: bytes) -> tuple[str, Api, dict[str, Any]]:
     record = _batch_record(path, number, raw)
     body: dict[str, Any] = record["body"]
-    messages = body.get("messages")
+    api = BATCH_URLS[record["url"]]
     problem: tuple[str, str] | None = None
     if not isinstance(body.get("model"), str) or not body["model"]:
         problem = "model", "must be a non-empty string"
     elif bad_model := name_problem(body["model"]):
         problem = "model", bad_model
-    elif not isinstance(messages, list) or not messages:
-        problem = "messages", "must be a non-empty list"
-    elif not all(isinstance(m, dict) and "role" in m for m in messages):
-        problem = "messages", "every message must be an object with a role"
     else:
-        problem = check_body_params(body)
+        problem = check_kind_body(api, body)
     if problem:
         raise JobFileError(path, number, f"body.{problem[0]}", problem[1])
-    return str(record["custom_id"]), body
+    return str(record["custom_id"]), api, body
 
 
 def _jsonl_jobs(path: Path, endpoint: str, sha: Any, max_jobs: int | None) -> Iterator[JobSpec]:
@@ -119,7 +116,7 @@ def _jsonl_jobs(path: Path, endpoint: str, sha: Any, max_jobs: int | None) -> It
                 continue
             if max_jobs is not None and count >= max_jobs:
                 raise JobFileError(str(path), number, None, max_jobs_problem(max_jobs))
-            custom_id, body = _batch_line(str(path), number, raw)
+            custom_id, api, body = _batch_line(str(path), number, raw)
             text, digest = _canonical(str(path), number, body)
             seed = body.get("seed")
             count += 1
@@ -131,6 +128,7 @@ def _jsonl_jobs(path: Path, endpoint: str, sha: Any, max_jobs: int | None) -> It
                 request_hash=digest,
                 seed=seed,
                 line=number,
+                api=api.value,
             )
     if count == 0:
         raise JobFileError(str(path), None, None, "file is empty: no request lines")

@@ -24,6 +24,7 @@ class JobSpec:
     request_hash: str
     seed: int | None
     line: int | None  # where in the source file this job comes from
+    api: str = "chat"  # the request's kind: a runner.kinds.Api value
 
 
 @dataclass

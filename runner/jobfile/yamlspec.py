@@ -10,6 +10,7 @@ refused before the first one is.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -24,6 +25,7 @@ import yaml
 
 from runner.errors import JobFileError
 from runner.hashing import canonical_json, request_hash
+from runner.jobfile.prompts import PROMPT_KEYS, Prompt, parse_api, parse_prompt
 from runner.jobfile.spec import JobFile, JobSpec
 from runner.jobfile.values import (
     INT32_MAX,
@@ -34,10 +36,11 @@ from runner.jobfile.values import (
     parse_problem,
     value_problem,
 )
-from runner.params import MAX_SAMPLES, PARAMS, REJECTED, Check, check_param, check_seed
+from runner.kinds import Api
+from runner.kinds.params import NO_SEED, params_for, rejected_for
+from runner.params import MAX_SAMPLES, Check, check_seed
 from runner.scheduling.cron import ScheduleSpec, parse_schedule_block
 
-ROLES = ("system", "developer", "user", "assistant", "tool")
 PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
 YAML_KEYS = {
     "name",
@@ -45,7 +48,7 @@ YAML_KEYS = {
     "endpoint",
     "model",
     "models",
-    "messages",
+    *PROMPT_KEYS,
     "vars",
     "items",
     "seed",
@@ -198,7 +201,7 @@ class _Spec:
     name: str
     endpoint: str
     models: list[str]
-    messages: list[dict[str, Any]]
+    prompt: Prompt
     items: list[_Item]
     vars: dict[str, list[Any]]
     seeds: list[int | None]
@@ -253,26 +256,6 @@ def _model_problem(value: Any) -> str | None:
     return name_problem(value)
 
 
-def _messages(data: Mapping[str, Any], lines: _Lines) -> list[dict[str, Any]]:
-    messages = data.get("messages")
-    if not isinstance(messages, list) or not messages:
-        lines.fail(("messages",), "must be a non-empty list of {role, content} mappings")
-    for index, message in enumerate(messages):
-        at: Path_ = ("messages", index)
-        if not isinstance(message, Mapping):
-            lines.fail(at, "must be a mapping with role and content")
-        unknown = sorted(set(message) - {"role", "content", "name"})
-        if unknown:
-            lines.fail((*at, unknown[0]), "unknown key (allowed: role, content, name)")
-        if message.get("role") not in ROLES:
-            lines.fail((*at, "role"), f"must be one of {', '.join(ROLES)}")
-        if not isinstance(message.get("content"), str):
-            lines.fail((*at, "content"), "must be a string")
-        if "name" in message and not isinstance(message["name"], str):
-            lines.fail((*at, "name"), "must be a string")
-    return [dict(m) for m in messages]
-
-
 def _variables(data: Mapping[str, Any], lines: _Lines) -> dict[str, list[Any]]:
     variables = data.get("vars", {})
     if not isinstance(variables, Mapping):
@@ -288,7 +271,9 @@ def _variables(data: Mapping[str, Any], lines: _Lines) -> dict[str, list[Any]]:
     return {str(k): list(v) for k, v in variables.items()}
 
 
-def _items(data: Mapping[str, Any], variables: Mapping[str, Any], lines: _Lines) -> list[_Item]:
+def _items(
+    data: Mapping[str, Any], variables: Mapping[str, Any], lines: _Lines, api: Api
+) -> list[_Item]:
     items = data.get("items", [{}])
     if not isinstance(items, list) or not items:
         lines.fail(("items",), "must be a non-empty list of variable mappings")
@@ -305,12 +290,14 @@ def _items(data: Mapping[str, Any], variables: Mapping[str, Any], lines: _Lines)
             if var in variables:
                 lines.fail((*at, var), f"variable {var!r} is also defined in vars")
         seed = item.get("seed")
+        if "seed" in item and api in NO_SEED:
+            lines.fail((*at, "seed"), NO_SEED[api])
         if "seed" in item and (problem := check_seed(seed)):
             lines.fail((*at, "seed"), problem)
         result.append(
             _Item(
                 values={k: v for k, v in item.items() if k not in ITEM_RESERVED},
-                params=_check_params(item.get("params", {}), (*at, "params"), lines),
+                params=_check_params(item.get("params", {}), (*at, "params"), lines, api),
                 seeds=[seed] if "seed" in item else None,
             )
         )
@@ -345,21 +332,21 @@ def _check_json(value: Any, at: Path_, lines: _Lines) -> None:
         lines.fail((*at, *bad[0]), bad[1])
 
 
-def _check_params(params: Any, at: Path_, lines: _Lines) -> dict[str, Any]:
+def _check_params(params: Any, at: Path_, lines: _Lines, api: Api) -> dict[str, Any]:
     if not isinstance(params, Mapping):
         lines.fail(at, "must be a mapping of request parameters")
     _check_json(params, at, lines)
+    known, rejected = params_for(api), rejected_for(api)
     for name, value in params.items():
-        if name in REJECTED:
-            lines.fail((*at, name), REJECTED[name])
-        if name not in PARAMS:
+        if name in rejected:
+            lines.fail((*at, name), rejected[name])
+        if name not in known:
             lines.fail(
                 (*at, name),
-                "unknown parameter (put server-specific ones under extra_params; known: "
-                + ", ".join(sorted(PARAMS))
-                + ")",
+                f"unknown parameter of api: {api.value} (put server-specific ones under "
+                f"extra_params; known: {', '.join(sorted(known))})",
             )
-        problem = check_param(name, value)
+        problem = known[name](value)
         if problem:
             lines.fail((*at, name), problem)
     if "max_tokens" in params and "max_completion_tokens" in params:
@@ -367,10 +354,16 @@ def _check_params(params: Any, at: Path_, lines: _Lines) -> dict[str, Any]:
     return dict(params)
 
 
-def _params(data: Mapping[str, Any], lines: _Lines) -> dict[str, Any]:
-    params = dict(_check_params(data.get("params", {}), ("params",), lines))
+def _params(data: Mapping[str, Any], lines: _Lines, api: Api) -> dict[str, Any]:
+    params = dict(_check_params(data.get("params", {}), ("params",), lines, api))
     if "samples" in data:
         samples = data["samples"]
+        if api is not Api.CHAT and samples != 1:
+            lines.fail(
+                ("samples",),
+                f"samples (the body's n) exist only for api: chat; run an api: {api.value} "
+                "job several times with runner verify FILE --times K",
+            )
         if not (type(samples) is int and 1 <= samples <= MAX_SAMPLES):
             lines.fail(("samples",), f"must be an integer from 1 to {MAX_SAMPLES}, got {samples!r}")
         if "n" in params:
@@ -382,7 +375,7 @@ def _params(data: Mapping[str, Any], lines: _Lines) -> dict[str, Any]:
         lines.fail(("extra_params",), "must be a mapping")
     _check_json(extra, ("extra_params",), lines)
     for name in extra:
-        if name in REJECTED or name in PARAMS:
+        if name in rejected_for(api) or name in params_for(api):
             lines.fail(("extra_params", name), "is a known parameter: put it under params")
     return {**params, **extra}
 
@@ -406,6 +399,10 @@ def _parse_spec(
     models = _one_or_many(data, "model", "models", lines, _model_problem)
     if models is None:
         lines.fail((), "'model' or 'models' is required")
+    api = parse_api(data, lines)
+    for key in ("seed", "seeds"):
+        if key in data and api in NO_SEED:
+            lines.fail((key,), NO_SEED[api])
     seeds = _one_or_many(data, "seed", "seeds", lines, check_seed)
     repeat = _positive_int(data, "repeat", lines) or 1
     key = data.get("key")
@@ -418,12 +415,12 @@ def _parse_spec(
         name=_name(data, lines, path, name),
         endpoint=endpoint or (_string(data, "endpoint", lines) if "endpoint" in data else "local"),
         models=models,
-        messages=_messages(data, lines),
-        items=_items(data, variables, lines),
+        prompt=parse_prompt(data, api, lines),
+        items=_items(data, variables, lines, api),
         vars=variables,
         seeds=seeds or [None],
         repeat=repeat,
-        params=_params(data, lines),
+        params=_params(data, lines, api),
         key=key,
         max_attempts=_positive_int(data, "max_attempts", lines),
     )
@@ -433,12 +430,12 @@ def _check_placeholders(spec: _Spec, lines: _Lines) -> None:
     var_names = set(spec.vars)
     for index, item in enumerate(spec.items):
         names = var_names | set(item.values)
-        for m_index, message in enumerate(spec.messages):
-            for placeholder in _placeholders(message["content"]):
+        for at, template in spec.prompt.templates():
+            for placeholder in _placeholders(template):
                 if placeholder not in names:
                     where = "" if len(spec.items) == 1 else f" (in item {index})"
                     lines.fail(
-                        ("messages", m_index, "content"),
+                        at,
                         f"placeholder {{{placeholder}}} has no variable{where}; "
                         f"defined: {', '.join(sorted(names)) or 'none'}",
                     )
@@ -500,10 +497,9 @@ def _expand(spec: _Spec, lines: _Lines) -> Iterator[JobSpec]:
     index = 0
     has_items = ("items",) in lines.lines
     for point in _expansions(spec):
-        messages = [{**m, "content": _fill(m["content"], point.values)} for m in spec.messages]
         body: dict[str, Any] = {
             "model": point.model,
-            "messages": messages,
+            **spec.prompt.filled(functools.partial(_fill, values=point.values)),
             **spec.params,
             **point.item.params,
         }
@@ -511,7 +507,8 @@ def _expand(spec: _Spec, lines: _Lines) -> Iterator[JobSpec]:
             body["seed"] = point.seed
         text = canonical_json(body)
         digest = request_hash(text)
-        line = lines.line(("items", point.item_index) if has_items else ("messages",))
+        first = next(iter(spec.prompt.fields))
+        line = lines.line(("items", point.item_index) if has_items else (first,))
         for rep in range(1, spec.repeat + 1):
             index += 1
             yield JobSpec(
@@ -522,6 +519,7 @@ def _expand(spec: _Spec, lines: _Lines) -> Iterator[JobSpec]:
                 request_hash=digest,
                 seed=point.seed,
                 line=line,
+                api=spec.prompt.api.value,
             )
 
 

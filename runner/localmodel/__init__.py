@@ -13,9 +13,14 @@ Modules
     model       training, the distributions and the sampler
     params      request validation with OpenAI's error semantics
     embeddings  hashed bag-of-words vectors
+    responses   the Responses API's request checks and response object
     service     the transport-agnostic protocol core (``LocalModelService.handle``, and
                 ``complete`` for a body as a dict), seeding, server-side noise
     transport   ``httpx2`` transports for the openai SDK, no socket
+    files       the Batch API's files on disk, uploads parsed as they stream
+    batchinput  batch input validation, one line's execution, result-line shapes
+    batches     the Batch API: routes, lifecycle, background tasks, test knobs
+    streaming   ``stream: true`` replies as server-sent events (for ``server``)
     server      Starlette + uvicorn, with latency, rate limits and faults (import it
                 explicitly: it pulls in the server stack)
 """

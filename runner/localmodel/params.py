@@ -5,17 +5,20 @@ body into a frozen request spec or raises :class:`RequestError` naming the offen
 parameter, the way the OpenAI API answers (HTTP 400, ``invalid_request_error``). Unknown
 top-level keys are rejected ("Unrecognized request argument supplied: X"); parameters that
 cannot change the text (``user``, ``metadata``, ``store``...) are checked and accepted;
-features the local model does not have (tools, audio, streaming, json_schema) are refused
-with a message that says so.
+features the local model does not have (tools, audio, streaming) are refused with a
+message that says so.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from runner.localmodel.model import MAX_TOP_LOGPROBS
+from runner.localmodel.structured import parse_schema
+from runner.localmodel.tools import Tool, ToolError, chosen_tool, parse_tools
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -33,7 +36,7 @@ MAX_COMPLETION_TOKENS = 16384
 MAX_CHOICES = 128
 EMBEDDING_DIMENSIONS = 256
 
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
 _MESSAGE_KEYS = frozenset(
     {"role", "content", "name", "tool_calls", "tool_call_id", "refusal", "function_call", "audio"}
 )
@@ -84,7 +87,9 @@ class ChatRequest:
     frequency_penalty: float
     logprobs: bool
     top_logprobs: int | None
-    response_format: Literal["text", "json_object"]
+    response_format: OutputFormat
+    json_schema: dict[str, Any] | None = None  # json_schema format: the schema to follow
+    tool: Tool | None = None  # the function this request calls instead of replying in text
 
     @property
     def prompt(self) -> str:
@@ -213,24 +218,73 @@ def _reject_unknown(body: dict[str, Any], known: frozenset[str]) -> None:
             )
 
 
-def _content_text(content: object, param: str) -> str:
+# Content part types of chat messages: the key holding each one's text.
+CHAT_TEXT_PARTS: dict[str, str] = {"text": "text", "refusal": "refusal"}
+CHAT_IMAGE_PARTS: dict[str, str] = {"image_url": "image_url"}
+
+
+def content_text(
+    content: object,
+    param: str,
+    text_parts: Mapping[str, str] = CHAT_TEXT_PARTS,
+    image_parts: Mapping[str, str] | None = None,
+    index_sep: str = ".",
+) -> str:
+    """The text of a message's ``content`` (a string or content parts), parts joined.
+
+        ``text_parts`` maps each text part type to the key holding its text; ``image_parts``
+        maps each image part type to its key: an image passes (checked, never read: the local
+        model reads text only). Parts are named ``{param}{index_sep}[{index}]`` in errors (chat
+    says ``content.[0]``, the Responses API ``content[0]``).
+    """
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
         raise _type_error(param, content, "a string or an array of content parts")
+    images = image_parts or {}
     texts = []
     for index, part in enumerate(content):
-        where = f"{param}.[{index}]"
+        where = f"{param}{index_sep}[{index}]"
         if not isinstance(part, dict):
             raise _type_error(where, part, "an object")
         kind = part.get("type")
-        if kind not in ("text", "refusal"):
-            raise _unsupported(f"{where}.type", f"content parts of type {kind!r} (only text)")
-        text = part.get(kind)
+        key = text_parts.get(kind) if isinstance(kind, str) else None
+        image = images.get(kind) if isinstance(kind, str) else None
+        if image is not None:
+            if not isinstance(part.get(image), str | dict):
+                raise _type_error(f"{where}.{image}", part.get(image), "a string or an object")
+            continue
+        if key is None:
+            raise _unsupported(f"{where}.type", f"content parts of type {kind!r}")
+        text = part.get(key)
         if not isinstance(text, str):
-            raise _type_error(f"{where}.{kind}", text, "a string")
+            raise _type_error(f"{where}.{key}", text, "a string")
         texts.append(text)
     return "".join(texts)
+
+
+def message_role(
+    item: dict[str, Any],
+    where: str,
+    keys: frozenset[str],
+    roles: tuple[str, ...],
+    noun: str,
+) -> str:
+    """The ``role`` of a message ``item`` (named ``where``) once its keys and role are
+    checked: unknown fields and roles are refused as OpenAI refuses them."""
+    for key in item:
+        if key not in keys:
+            raise RequestError(f"Unrecognized {noun} field: '{key}'.", f"{where}.{key}")
+    role = item.get("role")
+    if role not in roles:
+        quoted = [f"'{r}'" for r in roles]
+        raise RequestError(
+            f"Invalid value for '{where}.role': {role!r}. Supported values are: "
+            f"{', '.join(quoted[:-1])} and {quoted[-1]}.",
+            f"{where}.role",
+            code="invalid_value",
+        )
+    return str(role)
 
 
 def _messages(body: dict[str, Any]) -> tuple[ChatMessage, ...]:
@@ -251,21 +305,15 @@ def _messages(body: dict[str, Any]) -> tuple[ChatMessage, ...]:
         where = f"messages.[{index}]"
         if not isinstance(item, dict):
             raise _type_error(where, item, "an object")
-        for key in item:
-            if key not in _MESSAGE_KEYS:
-                raise RequestError(f"Unrecognized message field: '{key}'.", f"{where}.{key}")
-        role = item.get("role")
-        if role not in _ROLES:
-            raise RequestError(
-                f"Invalid value for '{where}.role': {role!r}. Supported values are: "
-                "'system', 'developer', 'user', 'assistant', 'tool' and 'function'.",
-                f"{where}.role",
-                code="invalid_value",
-            )
+        role = message_role(item, where, _MESSAGE_KEYS, _ROLES, "message")
         content = item.get("content")
         if content is None and role != "assistant":
             raise _missing(f"{where}.content")
-        text = "" if content is None else _content_text(content, f"{where}.content")
+        text = (
+            ""
+            if content is None
+            else content_text(content, f"{where}.content", image_parts=CHAT_IMAGE_PARTS)
+        )
         name = item.get("name")
         if name is not None and not isinstance(name, str):
             raise _type_error(f"{where}.name", name, "a string")
@@ -291,23 +339,46 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def _response_format(body: dict[str, Any]) -> Literal["text", "json_object"]:
-    value = body.get("response_format")
+OutputFormat = Literal["text", "json_object", "json_schema"]
+
+
+def format_kind(
+    value: object, param: str, schema_in: str | None
+) -> tuple[OutputFormat, dict[str, Any] | None]:
+    """The output format asked for by ``value`` (chat's ``response_format``, the Responses
+    API's ``text.format``, named ``param``), and its JSON schema for ``json_schema``:
+    found under ``value[schema_in]`` (chat's ``json_schema``), or in ``value`` itself."""
     if value is None:
-        return "text"
+        return "text", None
     if not isinstance(value, dict):
-        raise _type_error("response_format", value, "an object")
+        raise _type_error(param, value, "an object")
     kind = value.get("type")
     if kind == "json_schema":
-        raise _unsupported("response_format", "json_schema; use {'type': 'json_object'}")
+        where = f"{param}.{schema_in}" if schema_in else param
+        problem, schema = parse_schema(value.get(schema_in) if schema_in else value, where)
+        if problem:
+            raise RequestError(problem, where)
+        return "json_schema", schema
     if kind not in ("text", "json_object"):
         raise RequestError(
-            f"Invalid value for 'response_format.type': {kind!r}. Supported values are: "
+            f"Invalid value for '{param}.type': {kind!r}. Supported values are: "
             "'text', 'json_object' and 'json_schema'.",
-            "response_format.type",
+            f"{param}.type",
             code="invalid_value",
         )
-    return "json_object" if kind == "json_object" else "text"
+    return ("json_object" if kind == "json_object" else "text"), None
+
+
+def check_stream(body: dict[str, Any]) -> None:
+    """``stream`` and ``stream_options`` in the only form served: whole responses."""
+    if body.get("stream") is True:
+        raise _unsupported("stream", "send stream=false (or omit it); streaming is not served")
+    _boolean(body, "stream")
+    if body.get("stream_options") is not None:
+        raise RequestError(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            "stream_options",
+        )
 
 
 def _check_ignored(body: dict[str, Any]) -> None:
@@ -330,20 +401,11 @@ def _check_ignored(body: dict[str, Any]) -> None:
 
 def _check_unsupported(body: dict[str, Any]) -> None:
     """Features the local model lacks: accepted only in their empty or neutral form."""
-    if body.get("stream") is True:
-        raise _unsupported("stream", "send stream=false (or omit it); streaming is not served")
-    _boolean(body, "stream")
-    if body.get("stream_options") is not None:
-        raise RequestError(
-            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-            "stream_options",
-        )
-    for key in ("tools", "functions"):
-        if body.get(key):
-            raise _unsupported(key, "the local model cannot call tools")
-    for key in ("tool_choice", "function_call"):
-        if body.get(key) not in (None, "none", "auto"):
-            raise _unsupported(key, "the local model cannot call tools")
+    check_stream(body)
+    if body.get("functions"):
+        raise _unsupported("functions", "use tools")
+    if body.get("function_call") not in (None, "none", "auto"):
+        raise _unsupported("function_call", "use tools and tool_choice")
     if body.get("logit_bias"):
         raise _unsupported("logit_bias", "its token ids belong to another vocabulary")
     if body.get("modalities") not in (None, ["text"]):
@@ -364,6 +426,14 @@ _CHAT_KEYS = frozenset(
         *("audio", "prediction", "web_search_options", "moderation"),
     )
 )
+
+
+def tool_to_call(body: dict[str, Any], prompt: str, *, nested: bool) -> Tool | None:
+    """The function tool the request calls (``runner.localmodel.tools``); 400 if bad."""
+    try:
+        return chosen_tool(parse_tools(body, nested), body.get("tool_choice"), prompt, nested)
+    except ToolError as exc:
+        raise RequestError(exc.message, exc.param) from None
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
@@ -394,7 +464,13 @@ def parse_chat_request(body: object) -> ChatRequest:
         raise RequestError(
             "Invalid 'top_logprobs': it may only be set when 'logprobs' is true.", "top_logprobs"
         )
-    response_format = _response_format(body)
+    response_format, schema = format_kind(
+        body.get("response_format"), "response_format", "json_schema"
+    )
+    if schema is not None and logprobs:
+        raise _unsupported("logprobs", "with a json_schema response_format")
+    prompt = next((m.content for m in reversed(messages) if m.role == "user"), "")
+    tool = tool_to_call(body, prompt, nested=True)
     if response_format == "json_object" and not any(
         "json" in message.content.lower() for message in messages
     ):
@@ -418,6 +494,8 @@ def parse_chat_request(body: object) -> ChatRequest:
         logprobs=logprobs,
         top_logprobs=(top_logprobs or 0) if logprobs else None,
         response_format=response_format,
+        json_schema=schema,
+        tool=tool,
     )
 
 

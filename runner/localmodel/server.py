@@ -1,10 +1,12 @@
 """The local model over real HTTP: a Starlette app, served by uvicorn, with test knobs.
 
-This module owns what only exists on the wire: simulated latency, OpenAI-style rate limits
-(requests and tokens per minute, HTTP 429 with ``Retry-After`` and the
-``x-ratelimit-*`` headers on every response), and injected faults (500, 503, a hang that
-outlives the client's timeout, a dropped connection). Everything else is
-:class:`LocalModelService`, the same core the in-process transport uses.
+This module owns what only exists on the wire: streamed replies (``stream: true``, as
+server-sent events: ``runner.localmodel.streaming``), simulated latency, OpenAI-style
+rate limits (requests and tokens per minute, HTTP 429 with ``Retry-After`` and the
+``x-ratelimit-*`` headers on every response), injected faults (500, 503, a hang that
+outlives the client's timeout, a dropped connection), and streaming file uploads and
+downloads of the Batch API. Everything else is :class:`LocalModelService`, the same core
+the in-process transport uses.
 
 ``run_server(options)`` serves in the foreground (the ``runner serve`` command);
 ``running_server(options)`` serves from a background thread for tests and benchmarks and
@@ -30,17 +32,21 @@ import anyio.to_thread
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from runner.localmodel.batches import BatchOptions
 from runner.localmodel.service import (
     MODEL_ID,
     LocalModelService,
+    LocalResponse,
     check_fingerprints,
     check_nondeterminism,
     error_body,
+    route_of,
 )
+from runner.localmodel.streaming import stream, unstreamed, wants_stream
 
 __all__ = [
     "FAULT_KINDS",
@@ -90,6 +96,7 @@ class ServerOptions:
     faults: tuple[str, ...] = FAULT_KINDS
     hang_s: float = 60.0  # how long a "timeout" fault holds the request before closing
     log_level: str = "info"
+    batches: BatchOptions = field(default_factory=BatchOptions)  # the Batch API's knobs
     latency_range: tuple[float, float] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -117,6 +124,7 @@ class ServerOptions:
             nondeterminism=self.nondeterminism,
             fingerprints=self.fingerprints,
             noise_seed=self.noise_seed,
+            batches=self.batches,
         )
 
 
@@ -272,10 +280,23 @@ def create_app(options: ServerOptions, service: LocalModelService | None = None)
     fault_rng = random.Random(f"faults:{options.seed}")
     low_ms, high_ms = options.latency_range
 
-    async def endpoint(request: Request) -> Response:
+    async def answer(request: Request, method: str, path: str) -> LocalResponse:
+        content_type = request.headers.get("content-type")
+        if method == "POST" and route_of(path) == "/files":
+            return await service.upload(content_type, request.stream())
         body = await request.body()
+        if service.estimate_tokens(method, path, body) > _OFFLOAD_TOKENS:
+            return await anyio.to_thread.run_sync(service.handle, method, path, body, content_type)
+        return service.handle(method, path, body, content_type)
+
+    async def endpoint(request: Request) -> Response:
         method, path = request.method, request.url.path
-        tokens = service.estimate_tokens(method, path, body)
+        if request.url.query:
+            path = f"{path}?{request.url.query}"
+        body = b"" if method == "POST" and route_of(path) == "/files" else await request.body()
+        streamed = wants_stream(method, path, body)
+        # A streamed request costs its tokens like any other (its whole body, unstreamed).
+        tokens = service.estimate_tokens(method, path, unstreamed(streamed) if streamed else body)
         limited = method == "POST"
         rejection = limiter.admit(tokens) if limited else None
         if rejection is not None:
@@ -287,17 +308,30 @@ def create_app(options: ServerOptions, service: LocalModelService | None = None)
         if options.fail_rate > 0 and fault_rng.random() < options.fail_rate:
             kind = options.faults[fault_rng.randrange(len(options.faults))]
             response = _fault_response(kind, options.hang_s, fault_rng)
+        elif streamed is not None:
+            response = _streamed(service, method, path, streamed)
         else:
-            if tokens > _OFFLOAD_TOKENS:
-                answer = await anyio.to_thread.run_sync(service.handle, method, path, body)
+            result = await answer(request, method, path)
+            if result.path is not None:
+                response = FileResponse(result.path, headers=result.headers)
             else:
-                answer = service.handle(method, path, body)
-            response = Response(answer.body, status_code=answer.status, headers=answer.headers)
+                response = Response(result.body, status_code=result.status, headers=result.headers)
         response.headers.update(limiter.headers())
         return response
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
     return Starlette(routes=[Route("/{path:path}", endpoint, methods=methods)])
+
+
+def _streamed(
+    service: LocalModelService, method: str, path: str, body: dict[str, object]
+) -> Response:
+    """``stream: true``: the reply as server-sent events (``runner.localmodel.streaming``)."""
+    answer = stream(service, method, path, body)
+    if isinstance(answer, LocalResponse):
+        return Response(answer.body, status_code=answer.status, headers=answer.headers)
+    headers, events = answer
+    return StreamingResponse(events, headers=headers, media_type="text/event-stream")
 
 
 class _Server(uvicorn.Server):
@@ -343,11 +377,14 @@ def run_server(options: ServerOptions) -> None:
         f"http://{options.host}:{options.port}/v1",
         file=sys.stderr,
     )
+    if options.batches.dir is not None:
+        service.batches.resume()  # batches a killed server left run on here
     logger = logging.getLogger("uvicorn.error")
     logger.addFilter(_DROP_FILTER)
     try:
         _Server(_config(options, service)).run()
     finally:
+        service.close()
         logger.removeFilter(_DROP_FILTER)
 
 
@@ -358,9 +395,12 @@ def running_server(
     """Serve from a background thread; yields the base URL (``http://host:port/v1``).
 
     Without ``options`` it listens on a free port of 127.0.0.1; pass ``port=0`` in your own
-    options for the same. Leaving the block stops the server and joins its thread.
+    options for the same. Leaving the block stops the server and joins its thread (and
+    closes the service, running batches included, unless the caller passed it).
     """
     options = options if options is not None else ServerOptions(port=0, log_level="warning")
+    owned = service is None
+    service = service if service is not None else options.service()
     # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that say so, and
     # without it every keep-alive response waits ~40 ms for a delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -382,5 +422,7 @@ def running_server(
     finally:
         server.should_exit = True
         thread.join(timeout=10.0)
+        if owned:
+            service.close()
         sock.close()
         logger.removeFilter(_DROP_FILTER)

@@ -5,7 +5,9 @@ of any transport: the in-process ``httpx2`` transport and the Starlette server b
 :meth:`LocalModelService.handle` with a method, a path and the raw body.
 
 Routes (with or without the ``/v1`` prefix): ``POST /v1/chat/completions``,
-``POST /v1/embeddings``, ``GET /v1/models`` and ``GET /v1/models/{id}``. Other paths get 404,
+``POST /v1/responses`` (its shapes in ``runner.localmodel.responses``),
+``POST /v1/embeddings``, ``GET /v1/models`` and ``GET /v1/models/{id}``, and the Batch API's
+``/v1/files…`` and ``/v1/batches…`` (runner.localmodel.batches). Other paths get 404,
 other methods 405, bad bodies 400, all as ``{"error": {"message", "type", "param", "code"}}``.
 
 Seeding. Each choice draws from its own ``random.Random``. With a ``seed``, choice ``i``'s
@@ -34,9 +36,10 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from runner.localmodel.embeddings import embed, encode_base64
 from runner.localmodel.model import (
@@ -53,7 +56,17 @@ from runner.localmodel.params import (
     parse_chat_request,
     parse_embedding_request,
 )
+from runner.localmodel.responses import (
+    ResponsesRequest,
+    parse_responses_request,
+    response_body,
+)
+from runner.localmodel.structured import instance
 from runner.localmodel.tokenizer import count_tokens, tokenize
+
+if TYPE_CHECKING:
+    from runner.localmodel.batches import BatchEngine, BatchOptions
+    from runner.localmodel.files import Upload
 
 __all__ = [
     "CONTEXT_WINDOW",
@@ -63,7 +76,12 @@ __all__ = [
     "LocalResponse",
     "check_fingerprints",
     "check_nondeterminism",
+    "decode_json",
     "error_body",
+    "json_object_text",
+    "prompt_tokens_of",
+    "require_method",
+    "route_of",
 ]
 
 MODEL_ID = "seed-runner-local"
@@ -84,6 +102,7 @@ class LocalResponse:
     status: int
     headers: dict[str, str]
     body: bytes
+    path: Path | None = None  # stream this file as the body instead (a file's content)
 
 
 def error_body(
@@ -103,14 +122,26 @@ class _MethodNotAllowed(RequestError):
         self.allowed = allowed
 
 
-def _route(path: str) -> str:
+def require_method(method: str, allowed: str, path: str) -> None:
+    """405 unless ``method`` is ``allowed``."""
+    if method != allowed:
+        raise _MethodNotAllowed(
+            f"Method {method} is not allowed for {path}; use {allowed}.",
+            status=405,
+            code="method_not_allowed",
+            allowed=allowed,
+        )
+
+
+def route_of(path: str) -> str:
+    """The route of a request path: without ``/v1``, the query and a trailing slash."""
     path = path.split("?", 1)[0].rstrip("/")
     if path == "/v1" or path.startswith("/v1/"):
         path = path[3:]
     return path or "/"
 
 
-def _prompt_tokens(request: ChatRequest) -> int:
+def prompt_tokens_of(request: ChatRequest) -> int:
     """Chat-format count: 3 per message plus its content (and name), 3 to prime the reply."""
     total = 3
     for message in request.messages:
@@ -160,6 +191,7 @@ class LocalModelService:
         nondeterminism: float = 0.0,
         fingerprints: Sequence[str] | None = None,
         noise_seed: int | None = None,
+        batches: BatchOptions | None = None,
     ) -> None:
         self._variant = variant
         self._model: LanguageModel = load_model(variant)
@@ -188,6 +220,9 @@ class LocalModelService:
             None if noise_seed is None else f"fingerprints:{noise_seed}"
         )
         self._noise_lock = threading.Lock()
+        self._batch_options = batches
+        self._batch_engine: BatchEngine | None = None
+        self._batch_lock = threading.Lock()
 
     @property
     def variant(self) -> str | None:
@@ -226,23 +261,85 @@ class LocalModelService:
         """
         return self._chat(parse_chat_request(dict(body)))
 
-    def handle(self, method: str, path: str, body: bytes) -> LocalResponse:
-        """Answer one HTTP request; never raises."""
-        method, route = method.upper(), _route(path)
+    @property
+    def batches(self) -> BatchEngine:
+        """The Batch API's files and batches (started at first use)."""
+        with self._batch_lock:
+            if self._batch_engine is None:
+                from runner.localmodel.batches import BatchEngine, BatchOptions
+
+                options = self._batch_options or BatchOptions()
+                self._batch_engine = BatchEngine(self, options)
+            return self._batch_engine
+
+    def close(self) -> None:
+        """Stop running batches and remove their temporary files (if any were made)."""
+        with self._batch_lock:
+            engine, self._batch_engine = self._batch_engine, None
+        if engine is not None:
+            engine.close()
+
+    def handle(
+        self, method: str, path: str, body: bytes, content_type: str | None = None
+    ) -> LocalResponse:
+        """Answer one HTTP request (``path`` may carry a query); never raises."""
+        return self.respond(lambda: self._dispatch(method.upper(), path, body, content_type))
+
+    def _dispatch(
+        self, method: str, path: str, body: bytes, content_type: str | None
+    ) -> dict[str, Any] | Path:
+        route = route_of(path)
+        if route == "/chat/completions":
+            require_method(method, "POST", path)
+            return self._chat(parse_chat_request(decode_json(body)))
+        if route == "/responses":
+            require_method(method, "POST", path)
+            return self._respond(parse_responses_request(decode_json(body)))
+        if route == "/embeddings":
+            require_method(method, "POST", path)
+            return self._embeddings(parse_embedding_request(decode_json(body)))
+        if route == "/models":
+            require_method(method, "GET", path)
+            return {"object": "list", "data": [self._model_card()]}
+        if route.startswith("/models/") and route.count("/") == 2:
+            require_method(method, "GET", path)
+            return self._retrieve_model(route.removeprefix("/models/"))
+        if route.split("/")[1] in ("files", "batches"):
+            return self.batches.handle(method, route, path, body, content_type)
+        raise RequestError(f"Invalid URL ({method} {path})", status=404)
+
+    async def upload(self, content_type: str | None, chunks: AsyncIterable[bytes]) -> LocalResponse:
+        """``POST /v1/files`` with the body as it arrives: it streams to disk, whatever its
+        size (``handle`` takes the same upload as one body)."""
+        error: RequestError | None = None
+        target: Upload | None = None
         try:
-            if route == "/chat/completions":
-                self._require(method, "POST", path)
-                return self._ok(self._chat(parse_chat_request(_decode(body))))
-            if route == "/embeddings":
-                self._require(method, "POST", path)
-                return self._ok(self._embeddings(parse_embedding_request(_decode(body))))
-            if route == "/models":
-                self._require(method, "GET", path)
-                return self._ok({"object": "list", "data": [self._model_card()]})
-            if route.startswith("/models/") and route.count("/") == 2:
-                self._require(method, "GET", path)
-                return self._ok(self._retrieve_model(route.removeprefix("/models/")))
-            raise RequestError(f"Invalid URL ({method} {path})", status=404)
+            target = self.batches.upload(content_type)
+            async for chunk in chunks:
+                target.feed(chunk)
+        except RequestError as exc:
+            error = exc
+        except BaseException:  # the client went away: keep no half-written file
+            if target is not None:
+                target.discard()
+            raise
+
+        def finish() -> dict[str, Any]:
+            if error is not None or target is None:
+                raise error or RequestError("The upload could not be read.")
+            return target.finish().card()
+
+        return self.respond(finish)
+
+    def respond(self, answer: Callable[[], dict[str, Any] | Path]) -> LocalResponse:
+        """``answer()`` as a response: a payload as JSON, a Path as a file's content,
+        RequestError as OpenAI's error; never raises."""
+        try:
+            payload = answer()
+            if isinstance(payload, Path):
+                headers = self._headers() | {"content-type": "application/octet-stream"}
+                return LocalResponse(200, headers, b"", payload)
+            return self._ok(payload)
         except RequestError as exc:
             return self._error(exc)
         except Exception as exc:  # a bug must still answer like a server, not crash it
@@ -253,28 +350,22 @@ class LocalModelService:
     def estimate_tokens(self, method: str, path: str, body: bytes) -> int:
         """Tokens a rate limiter charges up front: prompt + max_tokens (or a default) x n."""
         try:
-            decoded = _decode(body)
-            route = _route(path)
+            decoded = decode_json(body)
+            route = route_of(path)
             if route == "/chat/completions":
                 request = parse_chat_request(decoded)
                 limit = request.max_tokens if request.max_tokens_given else DEFAULT_TOKEN_ESTIMATE
-                return _prompt_tokens(request) + limit * request.n
+                return prompt_tokens_of(request) + limit * request.n
+            if route == "/responses":
+                chat = parse_responses_request(decoded).chat
+                limit = chat.max_tokens if chat.max_tokens_given else DEFAULT_TOKEN_ESTIMATE
+                return prompt_tokens_of(chat) + limit
             if route == "/embeddings":
                 embedding = parse_embedding_request(decoded)
                 return sum(count_tokens(text) for text in embedding.inputs)
         except RequestError:
             pass
         return 0
-
-    @staticmethod
-    def _require(method: str, allowed: str, path: str) -> None:
-        if method != allowed:
-            raise _MethodNotAllowed(
-                f"Method {method} is not allowed for {path}; use {allowed}.",
-                status=405,
-                code="method_not_allowed",
-                allowed=allowed,
-            )
 
     def _headers(self) -> dict[str, str]:
         return {
@@ -339,8 +430,14 @@ class LocalModelService:
             for index in range(request.n)
         ]
 
-    def _chat(self, request: ChatRequest) -> dict[str, Any]:
-        prompt_tokens = _prompt_tokens(request)
+    def generations(self, request: ChatRequest) -> tuple[list[Generation], int]:
+        """Every choice of ``request`` drawn, with the format tokens ``json_object`` mode
+        adds to each (0 otherwise); raises ``RequestError`` past the context window.
+
+        Chat completions and responses both draw through here, so one seeding rule holds
+        for both (a response has no ``seed``: its draws come from fresh entropy).
+        """
+        prompt_tokens = prompt_tokens_of(request)
         requested = prompt_tokens + (request.max_tokens if request.max_tokens_given else 0)
         if requested > CONTEXT_WINDOW:
             raise RequestError(
@@ -361,14 +458,28 @@ class LocalModelService:
             frequency_penalty=request.frequency_penalty,
             top_logprobs=request.top_logprobs,
         )
-        choices, completion_tokens = [], 0
-        for index, rng in enumerate(self.choice_rngs(request)):
-            noise = self._divergence(request)
-            generation = self._model.generate(
-                request.prompt, sampling, rng, noise, context=request.context
+        drawn = [
+            self._model.generate(
+                request.prompt, sampling, rng, self.divergence(request), context=request.context
             )
+            for rng in self.choice_rngs(request)
+        ]
+        schema = request.tool.parameters if request.tool else request.json_schema
+        if schema is not None:
+            drawn = [_structured(request, generation, schema) for generation in drawn]
+        return drawn, wrapper
+
+    def _chat(self, request: ChatRequest) -> dict[str, Any]:
+        prompt_tokens = prompt_tokens_of(request)
+        generations, wrapper = self.generations(request)
+        json_mode = wrapper > 0
+        choices, completion_tokens = [], 0
+        for index, generation in enumerate(generations):
             completion_tokens += generation.completion_tokens + wrapper
-            choices.append(_choice(index, generation, json_mode, request.top_logprobs or 0))
+            choice = _choice(index, generation, json_mode, request.top_logprobs or 0)
+            if request.tool is not None:
+                choice = _tool_choice(choice, request.tool.name, generation.text)
+            choices.append(choice)
         return {
             "id": "chatcmpl-" + secrets.token_hex(12),
             "object": "chat.completion",
@@ -391,7 +502,19 @@ class LocalModelService:
             "system_fingerprint": self._served_fingerprint(),
         }
 
-    def _divergence(self, request: ChatRequest) -> random.Random | None:
+    def _respond(self, request: ResponsesRequest) -> dict[str, Any]:
+        generations, wrapper = self.generations(request.chat)
+        generation = generations[0]
+        text = json_object_text(generation.text) if wrapper else generation.text
+        return response_body(
+            request,
+            text,
+            generation,
+            prompt_tokens_of(request.chat),
+            generation.completion_tokens + wrapper,
+        )
+
+    def divergence(self, request: ChatRequest) -> random.Random | None:
         """Noise for one choice if it is to leave its seeded path (None: it keeps to it)."""
         if request.seed is None or self._nondeterminism == 0.0:
             return None
@@ -423,7 +546,7 @@ class LocalModelService:
         }
 
 
-def _decode(body: bytes) -> object:
+def decode_json(body: bytes) -> object:
     def reject_constant(name: str) -> object:
         raise ValueError(f"{name} is not valid JSON")
 
@@ -471,10 +594,40 @@ def _logprobs(entries: tuple[TokenLogprob, ...], json_mode: bool, k: int) -> lis
     return [forced(t) for t in _JSON_PREFIX] + escaped + [forced(t) for t in _JSON_SUFFIX]
 
 
+def _structured(request: ChatRequest, generation: Generation, schema: dict[str, Any]) -> Generation:
+    """The reply to a ``json_schema`` request (or a tool call's arguments): an instance of
+    its schema made from the drawn text, cut at the request's token limit like any reply
+    (then it is broken JSON, as a real model's is: see ``runner.localmodel.structured``)."""
+    tokens = tokenize(instance(schema, generation.text))
+    cut = len(tokens) > request.max_tokens
+    kept = tuple(tokens[: request.max_tokens])
+    return Generation(
+        text="".join(kept),
+        tokens=kept,
+        completion_tokens=len(kept),
+        finish_reason="length" if cut else "stop",
+    )
+
+
+def _tool_choice(choice: dict[str, Any], name: str, arguments: str) -> dict[str, Any]:
+    """A chat choice that calls the function ``name`` instead of replying in text."""
+    call = {
+        "id": "call_" + secrets.token_hex(12),
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+    message = {**choice["message"], "content": None, "tool_calls": [call]}
+    cut = choice["finish_reason"] == "length"
+    return {**choice, "message": message, "finish_reason": "length" if cut else "tool_calls"}
+
+
+def json_object_text(text: str) -> str:
+    """``text`` as ``json_object`` mode returns it: ``{"text": "..."}``."""
+    return "".join(_JSON_PREFIX) + _json_escape(text) + "".join(_JSON_SUFFIX)
+
+
 def _choice(index: int, generation: Generation, json_mode: bool, k: int) -> dict[str, Any]:
-    content = generation.text
-    if json_mode:
-        content = "".join(_JSON_PREFIX) + _json_escape(content) + "".join(_JSON_SUFFIX)
+    content = json_object_text(generation.text) if json_mode else generation.text
     logprobs = None
     if generation.logprobs is not None:
         logprobs = {

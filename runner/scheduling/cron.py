@@ -16,6 +16,7 @@ which of them run:
 
 from __future__ import annotations
 
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,7 +31,8 @@ from runner.errors import ScheduleError
 
 ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 EXAMPLE = "'0 3 * * *' (03:00 every day)"
-SCHEDULE_KEYS = ("name", "cron", "timezone", "catch_up", "on_drift")
+SCHEDULE_KEYS = ("name", "cron", "timezone", "catch_up", "on_drift", "report")
+REPORT_PLACEHOLDERS = ("date", "round")  # of a report path (runner.htmlreport.files)
 
 
 def check_timezone(name: str) -> ZoneInfo:
@@ -132,6 +134,7 @@ class ScheduleSpec:
     on_drift: str | None = None  # shell command run with the drift report on stdin
     samples: int | None = None  # samples per run its rounds ask for (None: each job's own)
     alpha: float | None = None  # the drift reports' significance level (None: 0.05)
+    report: str | None = None  # HTML report path rewritten after each drift report
 
 
 def check_name(name: str) -> str:
@@ -143,6 +146,21 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_report_path(template: str) -> str:
+    """A ``--report`` path: only ``{date}`` and ``{round}`` may be filled in."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ScheduleError(f"invalid --report path {template!r}: {exc}") from None
+    unknown = [f for f in fields if f not in REPORT_PLACEHOLDERS]
+    if unknown or not template.strip():
+        raise ScheduleError(
+            f"invalid --report path {template!r}: it may only use the placeholders "
+            "{date} and {round} (write {{ and }} for braces)"
+        )
+    return template
+
+
 def parse_schedule_block(value: Any, fail: Callable[[str | None, str], NoReturn]) -> ScheduleSpec:
     """The ``schedule:`` key of a YAML job file: a cron string, or a mapping.
 
@@ -152,7 +170,7 @@ def parse_schedule_block(value: Any, fail: Callable[[str | None, str], NoReturn]
         value = {"cron": value}
     if not isinstance(value, Mapping):
         fail(None, "must be a cron string or a mapping with cron (and timezone, name, "
-                   "catch_up, on_drift)")  # fmt: skip
+                   "catch_up, on_drift, report)")  # fmt: skip
     for key in value:
         if key not in SCHEDULE_KEYS:
             fail(str(key), f"unknown key (allowed: {', '.join(SCHEDULE_KEYS)})")
@@ -171,9 +189,13 @@ def parse_schedule_block(value: Any, fail: Callable[[str | None, str], NoReturn]
         catch_up = check_catch_up(value.get("catch_up", CatchUp.LATEST.value))
         field = "name"
         name = check_name(value["name"]) if "name" in value else None
+        field = "report"
+        report = check_report_path(value["report"]) if "report" in value else None
     except ScheduleError as exc:
         fail(field, exc.message)
-    return ScheduleSpec(cron=cron, name=name, catch_up=catch_up, on_drift=value.get("on_drift"))
+    return ScheduleSpec(
+        cron=cron, name=name, catch_up=catch_up, on_drift=value.get("on_drift"), report=report
+    )
 
 
 def parse_now(text: str) -> datetime:

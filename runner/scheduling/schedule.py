@@ -11,7 +11,8 @@ for users of system cron or CI timers. A pass:
    lets exactly one succeed (``queue.create_tick_round``). Scheduled rounds always
    send their requests: stored results are never reused;
 2. stores a drift report for every scheduled round that has finished
-   (``runner.analysis.drift``);
+   (``runner.analysis.drift``), and rewrites the HTML report of each schedule that has
+   a ``--report`` path (``runner.htmlreport``; a failure to write is logged, not fatal);
 3. runs the pending on-drift commands it manages to claim.
 
 Pausing stops the ticks; resuming skips those that fell during the pause. Removing a
@@ -44,9 +45,16 @@ from runner.db.models import CatchUpPolicy as CatchUp
 from runner.db.outage import Outage
 from runner.db.types import utcnow
 from runner.errors import NotFoundError, ScheduleError
+from runner.htmlreport.files import write_schedule_reports
 from runner.params import MAX_SAMPLES
 from runner.report import resolve_batch
-from runner.scheduling.cron import ScheduleSpec, check_catch_up, check_name, parse_cron
+from runner.scheduling.cron import (
+    ScheduleSpec,
+    check_catch_up,
+    check_name,
+    check_report_path,
+    parse_cron,
+)
 from runner.scheduling.hooks import HookRun, run_pending_hooks
 
 log = logging.getLogger("runner.scheduling.schedule")
@@ -75,6 +83,7 @@ class ScheduleInfo:
     on_drift: str | None
     samples: int | None  # samples per run its rounds ask for (None: each job's own)
     alpha: float | None  # its drift reports' significance level (None: 0.05)
+    report: str | None  # the HTML report path rewritten after each drift report
     created_at: datetime
     paused_at: datetime | None
     last_tick: datetime | None  # the latest tick that got a round
@@ -107,6 +116,7 @@ async def create_schedule(
         on_drift=spec.on_drift,
         samples=spec.samples,
         alpha=spec.alpha,
+        report=spec.report,
         now=now,
     )
     return name
@@ -123,6 +133,7 @@ async def add_schedule(
     on_drift: str | None = None,
     samples: int | None = None,
     alpha: float | None = None,
+    report: str | None = None,
     now: datetime | None = None,
 ) -> ScheduleInfo:
     """Validate everything, then store the schedule; nothing is written on an error."""
@@ -137,6 +148,7 @@ async def add_schedule(
         on_drift=on_drift if on_drift and on_drift.strip() else None,
         samples=samples,
         alpha=alpha,
+        report=check_report_path(report) if report is not None else None,
     )
     now = now or utcnow()
     try:
@@ -199,6 +211,7 @@ async def list_schedules(
                     on_drift=s.on_drift,
                     samples=s.samples,
                     alpha=s.alpha,
+                    report=s.report,
                     created_at=s.created_at,
                     paused_at=s.paused_at,
                     last_tick=row.last_tick,
@@ -387,7 +400,15 @@ async def _tick_and_report(
             reports = await drift.report_finished(engine, clock())
         return rounds, reports
 
-    return await _through(outage, "schedule ticks and drift reports", step)
+    rounds, reports = await _through(outage, "schedule ticks and drift reports", step)
+    if reports:  # the schedules' --report pages, rewritten by the worker that made them
+        made = [r.round_id for r in reports]
+        await _through(
+            outage,
+            "writing HTML reports",
+            lambda: write_schedule_reports(engine, made, settings.prices, clock()),
+        )
+    return rounds, reports
 
 
 async def scheduler_loop(

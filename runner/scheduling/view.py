@@ -63,9 +63,11 @@ def schedule_line(info: ScheduleInfo) -> str:
     )
     hook = f", on drift: {info.on_drift}" if info.on_drift else ""
     samples = f", {info.samples} samples per job" if info.samples else ""
+    report = f", report: {info.report}" if info.report else ""
     return (
         f"schedule {info.name}: batch {info.batch_id} ({info.batch_name}), "
-        f"'{info.cron}' in {info.timezone}, catch-up {info.catch_up}{samples}{hook}; {state}"
+        f"'{info.cron}' in {info.timezone}, catch-up {info.catch_up}{samples}{hook}{report}; "
+        f"{state}"
     )
 
 
@@ -149,6 +151,7 @@ def drift_text(rows: Sequence[DriftRow], width: int = 120) -> str:
             "no drift reports yet: one is made when a scheduled round finishes "
             "(see `runner schedule list`)"
         )
+    schemas = any(r.schema_valid_rate is not None for r in rows)
     table = _table(
         "report",
         "tick",
@@ -157,6 +160,7 @@ def drift_text(rows: Sequence[DriftRow], width: int = 120) -> str:
         "status",
         "p",
         "exact match",
+        *(["schema valid"] if schemas else []),
         "fingerprints",
         "on-drift",
     )
@@ -172,6 +176,7 @@ def drift_text(rows: Sequence[DriftRow], width: int = 120) -> str:
             r.status,
             "-" if r.p_value is None else f"{r.p_value:.3g}",
             _exact(r),
+            *([_pct(r.schema_valid_rate)] if schemas else []),
             Text(_fingerprints(r)),
             _hook(r),
         )

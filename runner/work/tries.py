@@ -24,14 +24,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from runner.config import WorkerConfig
 from runner.db.queue import ClaimedRun, Outcome, samples_asked, with_changes
 from runner.endpoints import Completion, EndpointError
-from runner.endpoints.client import EndpointPool
+from runner.kinds import Api, schemas
 from runner.logs import run_context
 from runner.ratelimit import EndpointLimiter, Limits, Permit, estimate_tokens
 from runner.work.stats import WorkerStats
+
+if TYPE_CHECKING:
+    from runner.endpoints.client import EndpointPool  # the openai SDK: see Worker.run
 
 log = logging.getLogger("runner.worker")
 
@@ -91,8 +95,9 @@ class Tries:
         """
         limiter = self.limits.get(run.endpoint, run.model)
         client = pool.get(run.endpoint)
-        # Counting prompt tokens costs more than the rest of a claim: only under a TPM limit.
-        metered = limiter.bucket("tokens") is not None
+        # Counting prompt tokens costs more than the rest of a claim: only under a TPM limit
+        # (or while the first responses may still show one).
+        metered = limiter.meters_tokens
         estimate = estimate_tokens(json.loads(run.body)) if metered else 0
         async with limiter.permit(estimate) as permit:
             if run.endpoint in self.stats.disabled_endpoints:
@@ -101,7 +106,7 @@ class Tries:
             started_at = self.clock()
             t0 = time.perf_counter()
             try:
-                completion = await client.chat(run.body)
+                completion = await client.send(Api(run.api), run.body)
             except EndpointError as exc:
                 return self._refused(run, limiter, permit, exc, started_at, t0)
             permit.settle(completion.total_tokens, completion.rate_limits)
@@ -113,7 +118,7 @@ class Tries:
             estimate = estimate_tokens(json.loads(request)) if metered else 0
             async with limiter.permit(estimate) as permit:
                 try:
-                    more = await client.chat(request)
+                    more = await client.send(Api(run.api), request)
                 except EndpointError as exc:
                     return self._refused(run, limiter, permit, exc, started_at, t0)
                 permit.settle(more.total_tokens, more.rate_limits)
@@ -133,7 +138,10 @@ class Tries:
             http_status=completion.http_status,
             response=completion.response,
             output=completion.outputs[0],
-            outputs=json.dumps(list(completion.outputs), ensure_ascii=False),
+            # An embeddings run has vectors, not text: no outputs list to store.
+            outputs=None
+            if completion.embedding is not None
+            else json.dumps(list(completion.outputs), ensure_ascii=False),
             finish_reason=completion.finish_reason,
             response_model=completion.model,
             system_fingerprint=completion.system_fingerprint,
@@ -142,6 +150,16 @@ class Tries:
             completion_tokens=completion.completion_tokens,
             total_tokens=completion.total_tokens,
             n_honoured=honoured,
+            response_status=completion.response_status,
+            incomplete_details=completion.incomplete_details,
+            service_tier=completion.service_tier,
+            cached_tokens=completion.cached_tokens,
+            reasoning_tokens=completion.reasoning_tokens,
+            embedding=completion.embedding,
+            embedding_dimensions=completion.embedding_dimensions,
+            # An output that breaks its schema is still the endpoint's answer: stored.
+            schema_valid=schemas.verdict(run.api, run.body, completion.outputs),
+            tool_calls=completion.tool_calls,
         )
 
     def _refused(
@@ -153,7 +171,7 @@ class Tries:
         started_at: datetime,
         t0: float,
     ) -> Outcome:
-        permit.settle(None, exc.rate_limits)
+        permit.refuse(exc.status, exc.rate_limits)
         if exc.status == 429 and exc.retryable:
             limiter.pause(self._pause_for(exc))
         self._count_auth_failure(run.endpoint, exc)

@@ -34,9 +34,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
+import anyio.to_thread
 from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -48,7 +49,6 @@ from runner.db.engine import InlineSQLite, checkpoint, is_sqlite, reason
 from runner.db.outage import Outage, is_outage
 from runner.db.queue import ClaimedRun, QueueEngine
 from runner.db.types import utcnow
-from runner.endpoints.client import EndpointPool
 from runner.logs import run_context
 from runner.ratelimit import Limits
 from runner.scheduling.schedule import run_pass, scheduler_loop
@@ -56,6 +56,11 @@ from runner.work.stats import WorkerStats
 from runner.work.tries import Tries
 from runner.work.waiting import stranded_text, wait_limit, waiting_text
 from runner.work.writer import Writer
+
+if TYPE_CHECKING:
+    # The openai SDK (a second or more to import): loaded in a thread while the worker
+    # sets up and claims its first runs (Worker._load_endpoints).
+    from runner.endpoints.client import EndpointPool
 
 T = TypeVar("T")
 log = logging.getLogger("runner.worker")
@@ -130,6 +135,8 @@ class Worker:
         # Claims and stores, the statements of every run: on SQLite, inline on this thread.
         self._hot: QueueEngine = engine
         self._writer: Writer | None = None
+        self._pool: EndpointPool | None = None
+        self._pool_ready = anyio.Event()
 
     def clock(self) -> datetime:
         """Now, on the database's clock (plus a ``--now`` shift)."""
@@ -205,7 +212,6 @@ class Worker:
     # ------------------------------------------------------------ main loop
 
     async def run(self) -> WorkerStats:
-        pool = EndpointPool(self.settings.endpoints)
         inline = None
         if is_sqlite(self.engine):
             inline = InlineSQLite.of(self.engine, busy_timeout_s=self.config.sqlite_busy_seconds)
@@ -228,6 +234,7 @@ class Worker:
                 if self.handle_signals:
                     # Before registering: a registered worker stops gracefully on SIGTERM.
                     await signals.start(self._watch_signals)
+                signals.start_soon(self._load_endpoints)
                 await self._db("reading the database's clock", self._measure_clock)
                 # Batches of submits that died midway: nobody else deletes them.
                 await self._db(
@@ -263,7 +270,7 @@ class Worker:
                             self.outage,
                         )
                     try:
-                        await self._claim_and_execute(pool)
+                        await self._claim_and_execute()
                     finally:
                         writer.close()
                         await self._release_unfinished()
@@ -285,7 +292,8 @@ class Worker:
                 )
         finally:
             with anyio.CancelScope(shield=True):
-                await pool.aclose()
+                if self._pool is not None:
+                    await self._pool.aclose()
                 if registered:
                     await self._last_write(
                         "unregistering", lambda: queue.unregister_worker(self.engine, self.id)
@@ -308,23 +316,28 @@ class Worker:
             return False
         return True
 
-    async def _claim_and_execute(self, pool: EndpointPool) -> None:
+    async def _load_endpoints(self) -> None:
+        """Import the endpoint clients in a thread, while the event loop checks the database,
+        registers and claims the first runs: importing the openai SDK is most of a worker's
+        start-up (request slots wait for it)."""
+        pool_class = await anyio.to_thread.run_sync(_endpoint_pool_class)
+        self._pool = pool_class(self.settings.endpoints)
+        self._pool_ready.set()
+
+    async def _claim_and_execute(self) -> None:
         # Claimed runs wait in ``ready`` for one of ``concurrency`` slot tasks: a task per
         # slot, not per run (spawning one costs more than the rest of a run's bookkeeping).
         ready_send, ready = anyio.create_memory_object_stream[_Ready](math.inf)
         with ready, ready_send:
-            await self._run_slots(ready_send, ready, pool)
+            await self._run_slots(ready_send, ready)
 
     async def _run_slots(
-        self,
-        ready_send: MemoryObjectSendStream[_Ready],
-        ready: MemoryObjectReceiveStream[_Ready],
-        pool: EndpointPool,
+        self, ready_send: MemoryObjectSendStream[_Ready], ready: MemoryObjectReceiveStream[_Ready]
     ) -> None:
         async with anyio.create_task_group() as jobs:
             self._jobs_scope = jobs.cancel_scope
             for _ in range(self.concurrency):
-                jobs.start_soon(self._slot, ready, pool)
+                jobs.start_soon(self._slot, ready)
             await self._claim_loop(ready_send)
             # Runs claimed ahead never start once stopping; requests in progress get the grace.
             with anyio.move_on_after(self.config.grace_seconds):
@@ -434,8 +447,11 @@ class Worker:
 
     # ------------------------------------------------------------ one run
 
-    async def _slot(self, ready: MemoryObjectReceiveStream[_Ready], pool: EndpointPool) -> None:
+    async def _slot(self, ready: MemoryObjectReceiveStream[_Ready]) -> None:
         """One request slot: executes claimed runs one after another."""
+        await self._pool_ready.wait()
+        assert self._pool is not None
+        pool = self._pool
         async for run, scope in ready:
             # Claimed ahead and never started once stopping: released when the worker stops.
             # Gone from _in_flight: abandoned (cancelled, or its lease lost) while it waited.
@@ -543,3 +559,9 @@ class Worker:
                     self.request_stop()
                 else:
                     self._force_stop()
+
+
+def _endpoint_pool_class() -> type[EndpointPool]:
+    from runner.endpoints.client import EndpointPool
+
+    return EndpointPool

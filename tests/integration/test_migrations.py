@@ -40,3 +40,12 @@ def test_ensure_schema_creates_sqlite_but_asks_for_upgrade_on_postgres(empty_db_
     else:
         with pytest.raises(DatabaseError, match="run `runner db upgrade` first"):
             db.ensure_schema(empty_db_url)
+
+
+def test_the_head_read_from_the_migration_files_is_alembics() -> None:
+    """Commands check the schema against the head read from the files' text (importing
+    Alembic costs most of a second): it must be the head Alembic itself finds."""
+    from alembic.script import ScriptDirectory
+
+    alembic_head = ScriptDirectory.from_config(db.alembic_config()).get_current_head()
+    assert db._head_from_files() == alembic_head == db.head_revision()

@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runner.config import load_settings
+from runner.db.engine import BULK_SQLITE_PRAGMAS
 from runner.errors import ConfigError, JobFileError
 from runner.submit import submit
 from tests.helpers import rows, scalar, yaml_job
@@ -117,3 +120,52 @@ async def test_unknown_endpoint_writes_nothing(engine: AsyncEngine, tmp_path: Pa
     with pytest.raises(ConfigError, match="unknown endpoint 'nowhere'"):
         await submit(engine, yaml_job(tmp_path, 2), load_settings(), endpoint="nowhere")
     await assert_nothing_written(engine)
+
+
+async def _pragmas(engine: AsyncEngine) -> tuple[Any, dict[str, int]]:
+    """The pooled connection the engine lends next, and its settings that a bulk write
+    changes."""
+    async with engine.connect() as conn:
+        dbapi = (await conn.get_raw_connection()).dbapi_connection
+        values = {
+            name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar_one()
+            for name in BULK_SQLITE_PRAGMAS
+        }
+    return dbapi, values
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("late_error", [None, "bad value", "duplicate"])
+async def test_sqlite_chunks_checkpoint_rarely_and_the_pool_gets_its_settings_back(
+    engine: AsyncEngine, tmp_path: Path, late_error: str | None
+) -> None:
+    # A big submit's chunk commits each copied the WAL into the database while SQLite
+    # checkpointed every 1,000 pages; the connection writing them now checkpoints rarely
+    # (and caches more), and gives the settings back, whether the submit stored its
+    # batch or, failing in its third chunk (5,000 jobs a chunk), nothing.
+    pooled, defaults = await _pragmas(engine)
+    ids = [f"id-{i}" for i in range(10_000)] + ["id-7" if late_error == "duplicate" else "last"]
+    path = batch_file(tmp_path, ids, bad_line=10_001 if late_error == "bad value" else None)
+    during: list[dict[str, int]] = []
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _settings_of_the_writer(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("INSERT INTO jobs"):
+            cursor = conn.connection.dbapi_connection.cursor()
+            values = {}
+            for name in BULK_SQLITE_PRAGMAS:
+                cursor.execute(f"PRAGMA {name}")
+                values[name] = cursor.fetchone()[0]
+            cursor.close()
+            during.append(values)
+
+    if late_error is None:
+        assert (await submit(engine, path, load_settings(), endpoint="local")).job_count == 10_001
+    else:
+        with pytest.raises(JobFileError) as info:
+            await submit(engine, path, load_settings(), endpoint="local")
+        assert info.value.line == 10_001
+        await assert_nothing_written(engine)
+    assert during == [BULK_SQLITE_PRAGMAS] * (3 if late_error != "bad value" else 2)
+    assert defaults != BULK_SQLITE_PRAGMAS
+    assert await _pragmas(engine) == (pooled, defaults)

@@ -20,7 +20,7 @@ from runner.errors import ConfigError
 from runner.localmodel.server import ServerOptions, running_server
 from runner.localmodel.service import LocalModelService
 from runner.localmodel.tokenizer import tokenize
-from tests.helpers import in_process
+from tests.helpers import in_process, write_endpoint
 
 pytestmark = pytest.mark.anyio
 
@@ -213,16 +213,10 @@ def test_bad_noise_values_name_the_field(noise: dict[str, Any], field: str) -> N
             ServerOptions(**noise)
 
 
-def write_endpoint(tmp_path: Path, *lines: str, etype: str = "local") -> None:
-    text = "\n".join(["[endpoints.noisy]", f'type = "{etype}"', *lines, ""])
-    if etype == "openai":
-        text += 'base_url = "http://127.0.0.1:1/v1"\n'
-    (tmp_path / "runner.toml").write_text(text, encoding="utf-8")
-
-
 async def test_the_endpoint_config_drives_the_in_process_model(tmp_path: Path) -> None:
     write_endpoint(
         tmp_path,
+        "noisy",
         "nondeterminism = 1",
         'fingerprints = ["fp_a1", "fp_b2", "fp_c3"]',
         "noise_seed = 9",
@@ -257,7 +251,7 @@ async def test_the_endpoint_config_drives_the_in_process_model(tmp_path: Path) -
 def test_bad_endpoint_values_are_one_line_with_exit_2(
     tmp_path: Path, lines: list[str], etype: str, message: str
 ) -> None:
-    write_endpoint(tmp_path, *lines, etype=etype)
+    write_endpoint(tmp_path, "noisy", *lines, etype=etype)
     with pytest.raises(ConfigError, match=message):
         load_settings(env={}, cwd=tmp_path)
     result = in_process("batches", cwd=tmp_path, env={"RUNNER_CONFIG": None})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import httpx2
@@ -180,14 +181,6 @@ async def test_json_object_response_format(client: openai.AsyncOpenAI) -> None:
     assert not text(plain).startswith("{")
 
 
-async def test_json_schema_is_refused(client: openai.AsyncOpenAI) -> None:
-    schema = {"name": "x", "schema": {"type": "object"}}
-    with pytest.raises(openai.BadRequestError) as caught:
-        await create(client, response_format={"type": "json_schema", "json_schema": schema})
-    assert caught.value.status_code == 400
-    assert caught.value.param == "response_format"
-
-
 @pytest.mark.parametrize(
     ("params", "param"),
     [
@@ -213,9 +206,14 @@ async def test_bad_parameters_raise_bad_request(
     assert caught.value.type == "invalid_request_error"
 
 
-async def test_stream_is_refused(client: openai.AsyncOpenAI) -> None:
-    with pytest.raises(openai.BadRequestError, match="not supported"):
-        await create(client, stream=True)
+async def test_stream_is_refused_in_process(
+    service: LocalModelService,
+    make_inprocess_client: Callable[[LocalModelService], openai.AsyncOpenAI],
+) -> None:
+    # In-process, as the runner sends: whole responses only (runner serve streams).
+    async with make_inprocess_client(service) as client:
+        with pytest.raises(openai.BadRequestError, match="not supported"):
+            await create(client, stream=True)
 
 
 async def test_missing_model_is_400(client: openai.AsyncOpenAI) -> None:
@@ -268,3 +266,15 @@ async def test_sync_transport_gives_the_async_text(client: openai.AsyncOpenAI) -
             model="m", messages=[{"role": "user", "content": MARS}], seed=21, max_tokens=25
         )
     assert completion.choices[0].message.content == expected
+
+
+async def test_image_url_parts_pass_and_only_the_text_is_read(client: openai.AsyncOpenAI) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    with_image = await create(
+        client,
+        messages=[{"role": "user", "content": [{"type": "text", "text": MARS}, image]}],
+        seed=4,
+        max_tokens=20,
+    )
+    plain = await create(client, seed=4, max_tokens=20)
+    assert text(with_image) == text(plain)

@@ -185,11 +185,14 @@ BAD_PARAMS = [
     ({"top_logprobs": 3}, "top_logprobs"),  # without logprobs
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ({"response_format": {"type": "xml"}}, "response_format.type"),
-    ({"response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
+    (
+        {"response_format": {"type": "json_schema", "json_schema": {}}},
+        "response_format.json_schema",
+    ),
     ({"response_format": {"type": "json_object"}}, "messages"),  # no "json" in messages
     ({"stream": True}, "stream"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
     ({"logit_bias": {"50256": -100}}, "logit_bias"),
     ({"model": None}, "model"),
     ({"model": 7}, "model"),
@@ -200,8 +203,12 @@ BAD_PARAMS = [
     ({"messages": [{"role": "user"}]}, "messages.[0].content"),
     ({"messages": [{"role": "user", "content": 5}]}, "messages.[0].content"),
     (
-        {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
         "messages.[0].content.[0].type",
+    ),
+    (
+        {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+        "messages.[0].content.[0].image_url",
     ),
     ({"messages": [{"role": "user", "content": "hi", "colour": 1}]}, "messages.[0].colour"),
     ({"service_tier": "gold"}, "service_tier"),

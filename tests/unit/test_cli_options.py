@@ -3,6 +3,9 @@ variable in --help, and the error boundary tells a user's errors from bugs."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 from collections.abc import Iterator
 
 import click
@@ -10,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy.exc import OperationalError
 
+import runner.cli
 from runner.cli import base, main
 from runner.errors import ConfigError, NotFoundError
 
@@ -19,7 +23,9 @@ def _commands(
 ) -> Iterator[tuple[click.Command, click.Context]]:
     yield command, ctx
     if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            assert sub is not None, name
             yield from _commands(sub, click.Context(sub, info_name=name, parent=ctx))
 
 
@@ -68,3 +74,21 @@ def test_errors_deep_in_task_groups_are_a_users_when_every_one_is() -> None:
 @pytest.mark.parametrize("message", ["one\ntwo", "  one  \n\n two"])
 def test_a_runner_error_prints_on_one_line(message: str) -> None:
     assert base.error_line(ConfigError(message), None) == "error: one two"
+
+
+def test_the_command_table_matches_the_commands() -> None:
+    """`runner --help` lists commands from base.COMMANDS without importing their modules:
+    each entry names the module that defines the command and the start of its help."""
+    root = click.Context(main, info_name="runner")
+    for name, (module, summary) in base.COMMANDS.items():
+        command = main.get_command(root, name)
+        assert command is not None and command.callback is not None, name
+        assert command.callback.__module__ == f"runner.cli.{module}", name
+        assert command.help is not None
+        first = " ".join(inspect.cleandoc(command.help).split("\n\n")[0].split())
+        assert first == summary, name
+    # Every command the modules define is in the table (a module missing from it would
+    # never be imported).
+    for found in pkgutil.iter_modules(runner.cli.__path__):
+        importlib.import_module(f"runner.cli.{found.name}")
+    assert sorted(main.commands) == sorted(base.COMMANDS)

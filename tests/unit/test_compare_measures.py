@@ -175,18 +175,31 @@ def test_fail_under_accepts_fractions_and_percentages() -> None:
 
 
 def run(
-    state: str, outputs: list[str], fingerprint: str | None = "fp_a", honoured: bool | None = None
+    state: str,
+    outputs: list[str],
+    fingerprint: str | None = "fp_a",
+    honoured: bool | None = None,
+    embedding: bytes | None = None,
 ) -> SimpleNamespace:
     return SimpleNamespace(
         state=state,
         output=outputs[0] if outputs else None,
         outputs=json.dumps(outputs),
+        tool_calls=None,
+        embedding=embedding,
         n_honoured=honoured,
         system_fingerprint=fingerprint,
         sent_endpoint="local",
         sent_model="m",
         seed=None,
     )
+
+
+def test_verify_tells_embeddings_apart_by_their_vectors() -> None:
+    moved = judge("e", [run("succeeded", [], embedding=v) for v in (b"\0" * 4, b"\1" * 4)], 2)
+    assert (moved.unique_outputs, moved.tarr, moved.mean_similarity) == (2, False, None)
+    same = judge("e", [run("succeeded", [], embedding=b"\0" * 4) for _ in range(2)], 2)
+    assert (same.unique_outputs, same.tarr) == (1, True)
 
 
 def test_verify_verdicts() -> None:

@@ -212,8 +212,8 @@ def test_jsonl_is_taken_as_is(tmp_path: Path) -> None:
     ("line2", "field", "words"),
     [
         ("{not json", None, "invalid JSON"),
-        ('{"custom_id": "x", "method": "POST", "url": "/v1/embeddings", "body": {}}', "url",
-         "only /v1/chat/completions is supported"),
+        ('{"custom_id": "x", "method": "POST", "url": "/v1/completions", "body": {}}', "url",
+         "use one of /v1/chat/completions, /v1/responses, /v1/embeddings"),
         ('{"custom_id": "", "method": "POST", "url": "/v1/chat/completions", "body": {}}',
          "custom_id", "non-empty"),
         ('{"custom_id": "x", "method": "GET", "url": "/v1/chat/completions", "body": {}}',

@@ -10,12 +10,14 @@ import pytest
 
 from runner.ratelimit import (
     DEFAULT_MAX_TOKENS,
+    MARGIN,
     EndpointLimiter,
     RateLimitInfo,
     count_tokens,
     estimate_tokens,
     parse_duration,
 )
+from runner.ratelimit.charge import SLOW_START
 
 
 @pytest.mark.parametrize(
@@ -100,12 +102,81 @@ async def test_headers_raise_the_bucket_to_what_the_server_used_and_usage_correc
 async def test_permit_charges_estimate_then_settles_with_real_usage() -> None:
     limiter = EndpointLimiter("e", rpm=600, tpm=60000, max_concurrency=2)
     async with limiter.permit(1000) as permit:
-        assert permit.charged == 1000
+        assert permit.charged == 1000 * SLOW_START  # the server's count is not known yet
         permit.settle(total_tokens=250, info=None)
     tokens = limiter.bucket("tokens")
     assert tokens is not None and tokens.level == pytest.approx(250, abs=5)
     requests = limiter.bucket("requests")
     assert requests is not None and requests.level == pytest.approx(1, abs=0.05)
+    # No token headers: nothing to learn, so the estimate is charged as it is.
+    async with limiter.permit(1000) as permit:
+        assert permit.charged == 1000
+
+
+@pytest.mark.anyio
+async def test_confirmed_limits_drain_at_the_full_rate_and_guesses_keep_a_margin() -> None:
+    limiter = EndpointLimiter("e", rpm=1320, tpm=132000)
+    for kind in ("requests", "tokens"):
+        bucket = limiter.bucket(kind)
+        assert bucket is not None and bucket.drain == MARGIN
+    limiter.observe(RateLimitInfo(limit_requests=1200, limit_tokens=120000))
+    requests, tokens = limiter.bucket("requests"), limiter.bucket("tokens")
+    assert requests is not None and (requests.max_rate, requests.drain) == (1200, 1.0)
+    assert tokens is not None and (tokens.max_rate, tokens.drain) == (120000, 1.0)
+    # A configured limit below the server's binds, and is no guess: no margin either.
+    low = EndpointLimiter("e", rpm=100)
+    low.observe(RateLimitInfo(limit_requests=1000, remaining_requests=1000))
+    assert (low.bucket("requests").max_rate, low.bucket("requests").drain) == (100, 1.0)  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_headers_lower_the_bucket_to_what_the_server_cannot_have_seen_yet() -> None:
+    limiter = EndpointLimiter("e", rpm=600)
+    limiter.charge.stop()
+    requests = limiter.bucket("requests")
+    assert requests is not None
+    async with contextlib.AsyncExitStack() as stack:
+        first = await stack.enter_async_context(limiter.permit(0))
+        for _ in range(4):
+            await stack.enter_async_context(limiter.permit(0))
+        requests.adjust(50)  # e.g. requests the server refused and never counted
+        assert requests.level == pytest.approx(55, abs=0.1)
+        # The server has counted 3: ours at most 3 + the 5 in flight (sent from ``first`` on).
+        first.settle(None, RateLimitInfo(limit_requests=600, remaining_requests=597))
+        assert requests.level == pytest.approx(8, abs=0.1)
+        # Rounding down of remaining (1 unit) does not raise it; a real excess does.
+        first.settle(None, RateLimitInfo(limit_requests=600, remaining_requests=592))
+        assert requests.level == pytest.approx(8, abs=0.1)
+        first.settle(None, RateLimitInfo(limit_requests=600, remaining_requests=580))
+        assert requests.level == pytest.approx(19, abs=0.1)
+
+
+@pytest.mark.anyio
+async def test_with_a_token_limit_the_first_request_goes_alone_until_it_is_answered() -> None:
+    limiter = EndpointLimiter("e", tpm=60000)
+    async with contextlib.AsyncExitStack() as stack:
+        probe = await stack.enter_async_context(limiter.permit(10))
+        with anyio.move_on_after(0.05) as waited:
+            await limiter.permit(10).__aenter__()
+        assert waited.cancelled_caught  # held until the probe is answered
+        probe.settle(12, None)
+    # Answered without token headers: nothing to learn, no more rounds.
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(8):
+            await stack.enter_async_context(limiter.permit(10))
+
+
+@pytest.mark.anyio
+async def test_without_limits_first_requests_go_together_until_token_headers_appear() -> None:
+    limiter = EndpointLimiter("e")
+    async with contextlib.AsyncExitStack() as stack:
+        permits = [await stack.enter_async_context(limiter.permit(10)) for _ in range(4)]
+        permits[0].settle(12, RateLimitInfo(limit_tokens=60000, remaining_tokens=59900))
+        # The server counts tokens: no new request until these four are answered.
+        with anyio.move_on_after(0.05) as waited:
+            await limiter.permit(10).__aenter__()
+        assert waited.cancelled_caught
+        assert limiter.charge.learning
 
 
 @pytest.mark.anyio

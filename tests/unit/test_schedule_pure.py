@@ -126,6 +126,9 @@ def test_a_schedule_in_a_job_file(tmp_path: Path) -> None:
     short = load_job_file(job_file(tmp_path, "schedule: '@daily'\n")).schedule
     assert short is not None and short.cron.timezone == "UTC" and short.name is None
     assert load_job_file(job_file(tmp_path, "")).schedule is None
+    reported = "schedule:\n  cron: '@daily'\n  report: 'reports/{date}-r{round}.html'\n"
+    spec = load_job_file(job_file(tmp_path, reported)).schedule
+    assert spec is not None and spec.report == "reports/{date}-r{round}.html"
 
 
 @pytest.mark.parametrize(
@@ -140,6 +143,8 @@ def test_a_schedule_in_a_job_file(tmp_path: Path) -> None:
          "unknown catch-up policy"),
         ("schedule: [1, 2]\n", 4, "schedule", "must be a cron string or a mapping"),
         ("schedule:\n  cron: 3\n", 5, "schedule.cron", "must be a non-empty string"),
+        ("schedule:\n  cron: '0 3 * * *'\n  report: 'r-{day}.html'\n", 6, "schedule.report",
+         "only use the placeholders {date} and {round}"),
     ],
 )  # fmt: skip
 def test_schedule_errors_name_file_line_and_field(

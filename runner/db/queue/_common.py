@@ -126,8 +126,14 @@ def sent_request(
     endpoint_override: str | None,
     model_override: str | None,
     samples_override: int | None = None,
+    api: str = "chat",
 ) -> SentRequest:
-    """A job's endpoint, model and body with a round's overrides (None: the job's own)."""
+    """A job's endpoint, model and body with a round's overrides (None: the job's own).
+
+    Samples (the body's ``n``) exist only in chat completions: other kinds' bodies are
+    sent without a samples override."""
+    if api != "chat":
+        samples_override = None
     if model_override == model:
         model_override = None
     if samples_override is not None and samples_override == samples_asked(body):
@@ -163,4 +169,13 @@ _SUCCESS_COLUMNS = (
     "completion_tokens",
     "total_tokens",
     "n_honoured",
+    "response_status",
+    "incomplete_details",
+    "service_tier",
+    "cached_tokens",
+    "reasoning_tokens",
+    "embedding",
+    "embedding_dimensions",
+    "schema_valid",
+    "tool_calls",
 )

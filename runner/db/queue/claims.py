@@ -59,6 +59,7 @@ class ClaimedRun:
     body: str = ""
     batch_id: int = 0
     round_number: int = 0
+    api: str = "chat"  # the job's request kind (runner.kinds.Api)
 
 
 _RETURNING = (Run.id, Run.round_id, Run.job_id, Run.attempts, Run.max_attempts)
@@ -159,6 +160,7 @@ def _claim_statements(in_rounds: bool, excluding: bool) -> _ClaimStatements:
             Job.model,
             Job.body,
             Job.batch_id,
+            Job.api,
             Round.number,
             Round.endpoint.label("round_endpoint"),
             Round.model.label("round_model"),
@@ -227,6 +229,7 @@ def _with_jobs(conn: Connection, statement: Any, rows: Sequence[Any]) -> list[Cl
             endpoint_override=job.round_endpoint,
             model_override=job.round_model,
             samples_override=job.round_samples,
+            api=job.api,
         )
         claimed.append(
             ClaimedRun(
@@ -241,6 +244,7 @@ def _with_jobs(conn: Connection, statement: Any, rows: Sequence[Any]) -> list[Cl
                 body=sent.body,
                 batch_id=job.batch_id,
                 round_number=job.number,
+                api=job.api,
             )
         )
     return claimed

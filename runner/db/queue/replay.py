@@ -79,10 +79,10 @@ async def sent_hashes(
     if model is None and samples is None:
         return [(job_id, None) for job_id in sorted(job_ids)]
     rows = await conn.execute(
-        select(Job.id, Job.endpoint, Job.model, Job.body).where(Job.id.in_(list(job_ids)))
+        select(Job.id, Job.endpoint, Job.model, Job.body, Job.api).where(Job.id.in_(list(job_ids)))
     )
     runs: list[tuple[int, str | None]] = []
-    for job_id, endpoint, job_model, body in rows:
+    for job_id, endpoint, job_model, body, api in rows:
         sent = sent_request(
             endpoint,
             job_model,
@@ -90,6 +90,7 @@ async def sent_hashes(
             endpoint_override=None,
             model_override=model,
             samples_override=samples,
+            api=api,
         )
         runs.append((job_id, None if sent.body == body else request_hash(sent.body)))
     return sorted(runs)

@@ -69,6 +69,15 @@ class Outcome:
     completion_tokens: int | None = None
     total_tokens: int | None = None
     n_honoured: bool | None = None  # several samples asked: all in one response?
+    response_status: str | None = None  # responses: completed, incomplete, ...
+    incomplete_details: str | None = None
+    service_tier: str | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    embedding: bytes | None = None  # embeddings: the vectors (runner.kinds.vectors)
+    embedding_dimensions: int | None = None
+    schema_valid: bool | None = None  # a JSON schema asked: do all outputs follow it?
+    tool_calls: str | None = None  # canonical JSON [{"name", "arguments"}]
     # failure fields
     error_type: str | None = None
     error_message: str | None = None

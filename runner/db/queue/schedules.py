@@ -15,7 +15,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -47,9 +46,15 @@ HASH_CHUNK = 2000  # jobs whose sent bodies are hashed at a time (rounds with --
 
 
 def _insert_or_nothing(conn: AsyncConnection, table: Any, columns: Sequence[str]) -> Any:
-    """INSERT ... ON CONFLICT (columns) DO NOTHING, in the connection's dialect."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table).on_conflict_do_nothing(index_elements=list(columns))
+    """INSERT ... ON CONFLICT (columns) DO NOTHING, in the connection's dialect (imported
+    here: a command on SQLite never needs the PostgreSQL dialect's modules)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing(index_elements=list(columns))
+    from sqlalchemy.dialects.sqlite import insert
+
+    return insert(table).on_conflict_do_nothing(index_elements=list(columns))
 
 
 async def insert_schedule(
@@ -64,6 +69,7 @@ async def insert_schedule(
     now: datetime,
     samples: int | None = None,
     alpha: float | None = None,
+    report: str | None = None,
 ) -> int:
     """A new active schedule; its first tick is the first one after ``now``."""
     result = await conn.execute(
@@ -77,6 +83,7 @@ async def insert_schedule(
             on_drift=on_drift,
             samples=samples,
             alpha=alpha,
+            report=report,
             created_at=now,
             since=now,
             paused_at=None,

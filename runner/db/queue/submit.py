@@ -131,6 +131,7 @@ _JOB_COLUMNS = (
     "request_hash",
     "seed",
     "source_line",
+    "api",
 )
 JOB_CHUNK = 2000  # jobs per INSERT on SQLite
 _COPY_JOBS = f"COPY jobs ({', '.join(_JOB_COLUMNS)}) FROM STDIN"
