@@ -33,9 +33,12 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-__all__ = ["hamming_gram", "spectrum_gram"]
+__all__ = ["MIXTURE_HAMMING", "hamming_gram", "mixture_gram", "spectrum_gram"]
 
 _PAD = -1  # never a code point
+MIXTURE_HAMMING = (
+    0.2  # weight of the Hamming kernel next to the word kernel's 1 in ``mixture_gram``
+)
 _BASE = 0x9E3779B97F4A7C15  # odd 64-bit multiplier of the polynomial hashes
 # What str.split() splits on (str.isspace), as code points.
 _WHITESPACE = (
@@ -82,6 +85,17 @@ def hamming_gram(texts: Sequence[str], max_chars: int | None) -> NDArray[np.floa
         return np.ones((len(texts), len(texts)), dtype=np.float64)
     agree = (padded[:, None, :] == padded[None, :, :]).sum(axis=-1, dtype=np.int64)
     return np.asarray(agree / float(width), dtype=np.float64)
+
+
+def mixture_gram(texts: Sequence[str], max_chars: int | None) -> NDArray[np.float64]:
+    """(word spectrum 1-3 + ``MIXTURE_HAMMING`` x Hamming) / (1 + ``MIXTURE_HAMMING``); diagonal 1.
+
+    One kernel that sees what a text says (words) and, through the Hamming part's
+    padding, how long it is. A sum of kernels is a kernel, so its MMD test is exact like
+    either part's, without the price in power a maximum over two tests pays.
+    """
+    words = spectrum_gram(texts, max_chars, k=3, unit="words")
+    return (words + MIXTURE_HAMMING * hamming_gram(texts, max_chars)) / (1.0 + MIXTURE_HAMMING)
 
 
 def spectrum_gram(

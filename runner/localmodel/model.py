@@ -1,20 +1,27 @@
 """The local language model: a topic-conditioned word trigram model with backoff.
 
-This module owns the model's data and its sampler. It trains at first use (about 40 ms)
-from the corpus shipped beside it (see ``corpus.py``), once per process and variant, and
-memoises every distribution it derives. Everything here is a pure function of the corpus bytes,
-the hyperparameters and the random generator handed in, so a caller that derives that
+This module owns training and the sampler; the hyperparameters, counts and next-token
+distributions live in ``tables.py``. It trains at first use (about 40 ms) from the corpus
+shipped beside it (see ``corpus.py``), once per process and variant, and memoises every
+distribution it derives. Everything here is a pure function of the corpus bytes, the
+hyperparameters and the random generator handed in, so a caller that derives that
 generator from the request gets the same text in every process.
 
 How a completion is made
-    1. The keywords of the prompt score each topic section (tf-idf over sections); the
+    1. The model reads a prompt (a chat's last user message) and a context (the messages
+       before it: system prompt, earlier turns). The keywords of both score each topic
+       section (tf-idf over sections; the context's count ``CONTEXT_TOPIC_WEIGHT``); the
        choice's generator draws a topic in proportion to the squared score (greedy picks
-       the best). A prompt that matches nothing uses the topic-free mixture.
+       the best). A conversation that matches nothing uses the topic-free mixture.
     2. Tokens are drawn one by one from P(w | two previous tokens): interpolated counts of
        the chosen topic (weighted ``topic_weight``) and of the whole corpus, backing off to
        bigram and unigram distributions (Dirichlet smoothing with ``*_prior``), cut to the
-       ``candidates`` most likely words. After a sentence end the context restarts, so any
-       sentence opening of the topic may follow.
+       ``candidates`` most likely words; candidates the context holds weigh
+       ``tables.PRIMING`` times more. After a sentence end the context restarts, so any
+       sentence opening of the topic may follow. The smoothing keeps the distributions
+       spread as a real model's are (a sampled token's surprisal is about 1.1 nats at
+       temperature 0.7, 1.9 at 1.0), so temperature changes the text as much as it
+       changes a real model's.
     3. Temperature reshapes the candidates (p ** (1 / T)), top_p keeps the smallest prefix
        holding that share of the mass, and one uniform draw picks a token by bisection over
        cumulative weights. Temperature 0 takes the most likely candidate.
@@ -43,19 +50,19 @@ import math
 import random
 import threading
 from bisect import bisect_right
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from runner.localmodel.corpus import TopicIndex, corpus_text, parse_sections
 from runner.localmodel.sampling import (
     SamplingParams,
-    Shaped,
     alternative,
     find_stop,
     nucleus,
     penalise,
     temper,
 )
+from runner.localmodel.tables import Counts, Hyperparameters, Primed, Table
 from runner.localmodel.tokenizer import is_sentence_end, tokenize
 
 __all__ = [
@@ -70,48 +77,16 @@ __all__ = [
     "load_model",
 ]
 
-SAMPLER_VERSION = "trigram-sampler/1"
+SAMPLER_VERSION = "trigram-sampler/2"
 """Bump whenever sampling arithmetic changes: it enters the fingerprint and every seed."""
 
 MAX_TOP_LOGPROBS = 20
 
 _EOS, _START, _PARA = 0, 1, 2  # end of text, sentence-start marker, paragraph-start marker
 _SPECIALS = ("", "<s>", "<p>")
-_CACHE_LIMIT = 200_000  # distributions kept per table before its memo is dropped and rebuilt
-_SHAPES_LIMIT = 16  # (temperature, top_p) caches kept per table
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    """Everything besides the corpus that shapes the model's distributions."""
-
-    trigram_prior: float = 0.35  # weight of the bigram distribution inside a trigram context
-    bigram_prior: float = 0.8  # weight of the unigram distribution inside a bigram context
-    topic_weight: float = 30.0  # extra weight of the chosen topic's counts over the corpus's
-    candidates: int = 24  # words kept per trigram context (>= MAX_TOP_LOGPROBS)
-    bigram_candidates: int = 32
-    unigram_candidates: int = 48
-    variant: str | None = None  # simulated backend update; changes data weights and priors
-
-    @classmethod
-    def for_variant(cls, variant: str | None) -> Hyperparameters:
-        """Default hyperparameters, perturbed deterministically by the variant's name."""
-        if variant is None:
-            return cls()
-        base = cls()
-        return replace(
-            base,
-            trigram_prior=round(base.trigram_prior * (0.5 + _unit(variant, "trigram")), 6),
-            bigram_prior=round(base.bigram_prior * (0.5 + _unit(variant, "bigram")), 6),
-            topic_weight=round(base.topic_weight * (0.5 + _unit(variant, "topic")), 6),
-            variant=variant,
-        )
-
-    def paragraph_weight(self, topic: str, index: int) -> float:
-        """Training weight of one corpus paragraph: 1 by default, 0.25..1.75 in a variant."""
-        if self.variant is None:
-            return 1.0
-        return 0.25 + 1.5 * _unit(self.variant, f"{topic}:{index}")
+_PRIMED_LIMIT = 64  # primed tables (topic x context words) kept before the memo is dropped
+CONTEXT_TOPIC_WEIGHT = 0.5
+"""How much the context's keywords count toward the topic, next to the prompt's (1)."""
 
 
 @dataclass(frozen=True)
@@ -132,171 +107,6 @@ class Generation:
     completion_tokens: int
     finish_reason: Literal["stop", "length"]
     logprobs: tuple[TokenLogprob, ...] | None = None
-
-
-_Dist = tuple[tuple[int, ...], tuple[float, ...]]  # candidates by falling probability, probs
-
-
-@dataclass
-class _Level:
-    """Weighted counts of one n-gram order: context -> {token: count}, context -> total."""
-
-    rows: dict[int, dict[int, float]] = field(default_factory=dict)
-    totals: dict[int, float] = field(default_factory=dict)
-
-    def add(self, context: int, token: int, weight: float) -> None:
-        row = self.rows.setdefault(context, {})
-        row[token] = row.get(token, 0.0) + weight
-        self.totals[context] = self.totals.get(context, 0.0) + weight
-
-
-@dataclass
-class _Counts:
-    trigram: _Level = field(default_factory=_Level)  # context: previous two tokens as one key
-    bigram: _Level = field(default_factory=_Level)  # context: previous token
-    unigram: dict[int, float] = field(default_factory=dict)
-
-    def add(self, key: int, last: int, token: int, weight: float) -> None:
-        self.trigram.add(key, token, weight)
-        self.bigram.add(last, token, weight)
-        self.unigram[token] = self.unigram.get(token, 0.0) + weight
-
-
-class _Table:
-    """Distributions for one topic (or none), computed lazily and memoised."""
-
-    def __init__(
-        self,
-        corpus: _Counts,
-        topic: _Counts | None,
-        hp: Hyperparameters,
-        vocab_size: int,
-        free_words: frozenset[int],
-    ) -> None:
-        self._corpus = corpus
-        self._topic = topic
-        self._hp = hp
-        self._v = vocab_size
-        self._weight = hp.topic_weight if topic is not None else 0.0
-        self._lock = threading.Lock()
-        self._bigram: dict[int, _Dist] = {}
-        self._trigram: dict[int, _Dist] = {}
-        self._shapes: dict[tuple[float, float], dict[int, Shaped]] = {}
-        self._unigram = self._unigram_dist(free_words)
-
-    def _unigram_dist(self, free_words: frozenset[int]) -> dict[int, float]:
-        # Only tokens that may follow any word: words with their leading space, punctuation.
-        topic = self._topic.unigram if self._topic is not None else {}
-        weights = [
-            (token, count + self._weight * topic.get(token, 0.0))
-            for token, count in self._corpus.unigram.items()
-            if token in free_words
-        ]
-        weights.sort(key=lambda item: (-item[1], item[0]))
-        kept = weights[: self._hp.unigram_candidates]
-        total = math.fsum(weight for _, weight in kept)
-        return {token: weight / total for token, weight in kept}
-
-    def _smooth(
-        self,
-        corpus: _Level,
-        topic: _Level | None,
-        context: int,
-        lower: dict[int, float],
-        prior: float,
-        keep: int,
-    ) -> _Dist:
-        """(count + topic_weight * topic count + prior * lower) / (total + prior), top ``keep``."""
-        corpus_row = corpus.rows.get(context, {})
-        total = corpus.totals.get(context, 0.0)
-        topic_row: dict[int, float] = {}
-        if topic is not None:
-            topic_row = topic.rows.get(context, {})
-            total += self._weight * topic.totals.get(context, 0.0)
-        candidates = list(corpus_row)
-        candidates.extend(token for token in lower if token not in corpus_row)
-        denominator, weight = total + prior, self._weight
-        scored = [
-            (
-                token,
-                (
-                    corpus_row.get(token, 0.0)
-                    + weight * topic_row.get(token, 0.0)
-                    + prior * lower.get(token, 0.0)
-                )
-                / denominator,
-            )
-            for token in candidates
-        ]
-        scored.sort(key=lambda item: (-item[1], item[0]))
-        kept = [item for item in scored[:keep] if item[1] > 0.0]
-        norm = math.fsum(prob for _, prob in kept)
-        return tuple(token for token, _ in kept), tuple(prob / norm for _, prob in kept)
-
-    def bigram(self, last: int) -> _Dist:
-        dist = self._bigram.get(last)
-        if dist is None:
-            hp, topic = self._hp, self._topic
-            dist = self._smooth(
-                self._corpus.bigram,
-                topic.bigram if topic is not None else None,
-                last,
-                self._unigram,
-                hp.bigram_prior,
-                hp.bigram_candidates,
-            )
-            self._bigram[last] = dist
-        return dist
-
-    def dist(self, key: int) -> _Dist:
-        """P(token | context key), candidates sorted by falling probability then token id."""
-        dist = self._trigram.get(key)
-        if dist is None:
-            tokens, probs = self.bigram(key % self._v)
-            lower = dict(zip(tokens, probs, strict=True))
-            hp, topic = self._hp, self._topic
-            dist = self._smooth(
-                self._corpus.trigram,
-                topic.trigram if topic is not None else None,
-                key,
-                lower,
-                hp.trigram_prior,
-                hp.candidates,
-            )
-            if len(self._trigram) >= _CACHE_LIMIT:
-                self._trigram.clear()
-                self._bigram.clear()
-            self._trigram[key] = dist
-        return dist
-
-    def shapes(self, temperature: float, top_p: float) -> dict[int, Shaped]:
-        """The memo of shaped distributions for one (temperature, top_p)."""
-        shape_key = (temperature, top_p)
-        memo = self._shapes.get(shape_key)
-        if memo is None:
-            with self._lock:
-                if len(self._shapes) >= _SHAPES_LIMIT:
-                    self._shapes.clear()
-                memo = self._shapes.setdefault(shape_key, {})
-        return memo
-
-    def shaped(self, key: int, temperature: float, top_p: float, memo: dict[int, Shaped]) -> Shaped:
-        """Cumulative weights for sampling at ``key``; stored in ``memo``."""
-        tokens, probs = self.dist(key)
-        if temperature == 0.0:
-            entry: Shaped = ((tokens[0],), (1.0,), 1.0)
-        else:
-            entry = nucleus(tokens, temper(probs, temperature), top_p)
-        if len(memo) >= _CACHE_LIMIT:
-            memo.clear()
-        memo[key] = entry
-        return entry
-
-
-def _unit(variant: str, label: str) -> float:
-    """A number in [0, 1) from a stable hash of (variant, label)."""
-    digest = hashlib.blake2b(f"{variant}\0{label}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64
 
 
 class LanguageModel:
@@ -321,10 +131,10 @@ class LanguageModel:
                 self._reset[token_id] = _START * self._v + _START
         self._reset[self._break] = _START * self._v + _PARA
         self._start_key = _START * self._v + _PARA
-        corpus_counts = _Counts()
-        topic_counts: list[_Counts] = []
+        corpus_counts = Counts()
+        topic_counts: list[Counts] = []
         for name, token_ids in documents:
-            counts = _Counts()
+            counts = Counts()
             self._count(name, token_ids, hp, (corpus_counts, counts))
             topic_counts.append(counts)
         free_words = frozenset(
@@ -332,11 +142,13 @@ class LanguageModel:
             for token_id, token in enumerate(self._vocab)
             if token_id >= len(_SPECIALS) and token != "\n\n" and not token[:1].isalnum()
         )
-        self._general = _Table(corpus_counts, None, hp, self._v, free_words)
+        self._general = Table(corpus_counts, None, hp, self._v, free_words)
         self._tables = [
-            _Table(corpus_counts, counts, hp, self._v, free_words) for counts in topic_counts
+            Table(corpus_counts, counts, hp, self._v, free_words) for counts in topic_counts
         ]
         self._topics = TopicIndex(sections)
+        self._primed_tables: dict[tuple[int, frozenset[int]], Primed] = {}
+        self._primed_lock = threading.Lock()
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -359,7 +171,7 @@ class LanguageModel:
         name: str,
         paragraphs: list[list[int]],
         hp: Hyperparameters,
-        sinks: tuple[_Counts, _Counts],
+        sinks: tuple[Counts, Counts],
     ) -> None:
         key, last = self._start_key, _PARA
         for index, paragraph in enumerate(paragraphs):
@@ -378,20 +190,47 @@ class LanguageModel:
         """tf-idf score of each topic section for the prompt's keywords."""
         return self._topics.scores(prompt)
 
-    def _choose_table(self, prompt: str, rng: random.Random, greedy: bool) -> _Table:
+    def _choose_table(
+        self, prompt: str, context: str, rng: random.Random, greedy: bool
+    ) -> Table | Primed:
         scores = self.topic_scores(prompt)
+        if context:
+            scores = [
+                score + CONTEXT_TOPIC_WEIGHT * extra
+                for score, extra in zip(scores, self.topic_scores(context), strict=True)
+            ]
         weights = [score * score for score in scores]
         if not any(weights):
-            return self._general
+            return self._primed(-1, context)
         if greedy:
-            return self._tables[weights.index(max(weights))]
+            return self._primed(weights.index(max(weights)), context)
         cumulative: list[float] = []
         running = 0.0
         for weight in weights:
             running += weight
             cumulative.append(running)
         index = bisect_right(cumulative, rng.random() * running)
-        return self._tables[min(index, len(weights) - 1)]
+        return self._primed(min(index, len(weights) - 1), context)
+
+    def _primed(self, index: int, context: str) -> Table | Primed:
+        """Topic ``index``'s table (-1: topic-free), primed by the context's words if any."""
+        table = self._general if index < 0 else self._tables[index]
+        words = frozenset(
+            token_id
+            for token in tokenize(context)
+            if token.strip()[:1].isalnum()
+            for form in (token.strip(), " " + token.strip())
+            if (token_id := self._ids.get(form)) is not None
+        )
+        if not words:
+            return table
+        with self._primed_lock:
+            primed = self._primed_tables.get((index, words))
+            if primed is None:
+                if len(self._primed_tables) >= _PRIMED_LIMIT:
+                    self._primed_tables.clear()
+                primed = self._primed_tables[(index, words)] = Primed(table, words)
+        return primed
 
     def generate(
         self,
@@ -399,8 +238,15 @@ class LanguageModel:
         params: SamplingParams,
         rng: random.Random,
         noise: random.Random | None = None,
+        context: str = "",
     ) -> Generation:
-        """One completion conditioned on ``prompt``, drawn with ``rng``.
+        """One completion conditioned on ``prompt`` and ``context``, drawn with ``rng``.
+
+        ``prompt`` is the request (a chat's last user message), ``context`` what came
+        before it (the system prompt and earlier turns; "" for none): both score the
+        topics (the context at ``CONTEXT_TOPIC_WEIGHT``) and the context's words are primed
+        (see ``tables.Primed``). With an empty context the completion is exactly the one
+        ``prompt`` alone gives.
 
         With ``noise`` (server-side randomness, never the request's) the completion leaves
         the path ``rng`` alone would draw at a position after the first token, chosen by
@@ -408,7 +254,7 @@ class LanguageModel:
         byte-identical, there another plausible token is taken (see :meth:`_alternative`),
         and the rest follows from there. A path of a single draw cannot leave it.
         """
-        table = self._choose_table(prompt, rng, params.temperature == 0.0)
+        table = self._choose_table(prompt, context, rng, params.temperature == 0.0)
         plain = (
             not params.stop
             and params.top_logprobs is None
@@ -438,7 +284,7 @@ class LanguageModel:
         return self._run_general(table, params, rng)[0]
 
     def _run_plain(
-        self, table: _Table, params: SamplingParams, rng: random.Random
+        self, table: Table | Primed, params: SamplingParams, rng: random.Random
     ) -> tuple[list[int], bool]:
         temperature, top_p = params.temperature, params.top_p
         memo = table.shapes(temperature, top_p)
@@ -462,7 +308,7 @@ class LanguageModel:
 
     def _run_general(
         self,
-        table: _Table,
+        table: Table | Primed,
         params: SamplingParams,
         rng: random.Random,
         diverge: tuple[int, random.Random] | None = None,

@@ -93,11 +93,21 @@ class ChatRequest:
 
     @property
     def prompt(self) -> str:
-        """The text the model conditions on: the last user message (else the last message)."""
-        for message in reversed(self.messages):
-            if message.role == "user":
-                return message.content
-        return self.messages[-1].content
+        """The text the model answers: the last user message (else the last message)."""
+        return self.messages[self._prompt_index].content
+
+    @property
+    def context(self) -> str:
+        """What the model reads before the prompt: every other message, in order ("" if none)."""
+        index = self._prompt_index
+        return "\n\n".join(m.content for i, m in enumerate(self.messages) if i != index)
+
+    @property
+    def _prompt_index(self) -> int:
+        for index in range(len(self.messages) - 1, -1, -1):
+            if self.messages[index].role == "user":
+                return index
+        return len(self.messages) - 1
 
 
 @dataclass(frozen=True)

@@ -459,7 +459,9 @@ class LocalModelService:
             top_logprobs=request.top_logprobs,
         )
         drawn = [
-            self._model.generate(request.prompt, sampling, rng, self.divergence(request))
+            self._model.generate(
+                request.prompt, sampling, rng, self.divergence(request), context=request.context
+            )
             for rng in self.choice_rngs(request)
         ]
         schema = request.tool.parameters if request.tool else request.json_schema

@@ -107,6 +107,7 @@ def test_one_sample_per_job_is_not_enough_for_a_test(db_url: str, tmp_path: Path
     code, out, err = invoke(db_url, "compare", "t", "--fail-on", "distribution_changed")
     assert code == 0, err
     assert "not tested: not enough samples for a test" in out
+    assert out.count("not enough samples") == 1  # said once, not twice
     (row,) = sql(db_url, "SELECT distribution, test_p_value, test_note FROM comparisons")
     assert row[:2] == ("not_tested", None) and str(row[2]).startswith("not enough samples")
     code, _, err = invoke(db_url, "compare", "t", "--alpha", "1.5")

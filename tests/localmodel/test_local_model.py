@@ -216,3 +216,49 @@ def test_variant_changes_the_text_even_at_temperature_zero(model: LanguageModel)
     assert other.fingerprint_digest != model.fingerprint_digest
     greedy = [gen(m, MARS, 0, temperature=0.0, max_tokens=120).text for m in (model, other)]
     assert greedy[0] != greedy[1]
+
+
+def test_context_words_are_primed_and_move_the_text_a_little(model: LanguageModel) -> None:
+    """A system prompt's words become likelier; the vocabulary stays the prompt's."""
+    context = "You are a writer. Keep the tone calm and factual."
+    params = SamplingParams(temperature=1.0, max_tokens=64)
+    counts = {"alone": 0, "primed": 0}
+    vocab: dict[str, set[str]] = {"alone": set(), "primed": set(), "again": set()}
+    for seed in range(40):
+        for name, text in (
+            ("alone", model.generate(MARS, params, random.Random(seed)).text),
+            ("primed", model.generate(MARS, params, random.Random(seed), context=context).text),
+            ("again", model.generate(MARS, params, random.Random(100 + seed)).text),
+        ):
+            words = keywords(text)
+            counts[name] = counts.get(name, 0) + words.count("the") + words.count("and")
+            vocab[name].update(words)
+
+    def overlap(a: set[str], b: set[str]) -> float:
+        return len(a & b) / len(a | b)
+
+    assert counts["primed"] > 1.2 * counts["alone"]
+    # the primed texts share about as many words with the plain ones as fresh samples do
+    noise = overlap(vocab["alone"], vocab["again"])
+    assert overlap(vocab["alone"], vocab["primed"]) > 0.8 * noise
+
+
+def test_context_keywords_pull_the_topic(model: LanguageModel) -> None:
+    """A prompt without topic words follows the topic of the conversation before it."""
+    context = "We were talking about baking bread in a hot oven with flour and yeast."
+    hits = 0
+    for seed in range(10):
+        params = SamplingParams(temperature=0.7, max_tokens=120)
+        text = model.generate("Tell me more.", params, random.Random(seed), context=context).text
+        scores = model.topic_scores(text)
+        hits += model.topics[scores.index(max(scores))] == "cooking"
+    assert hits >= 7
+
+
+def test_empty_context_is_the_prompt_alone(model: LanguageModel) -> None:
+    for seed in range(5):
+        params = SamplingParams(temperature=0.7, max_tokens=60)
+        assert (
+            model.generate(MARS, params, random.Random(seed), context="").text
+            == model.generate(MARS, params, random.Random(seed)).text
+        )

@@ -385,3 +385,19 @@ def test_embedding_errors(service: LocalModelService, body: dict[str, Any], para
     status, payload = call(service, {"model": "e", **body}, "/v1/embeddings")
     assert status == 400
     assert payload["error"]["param"] == param
+
+
+def test_the_system_prompt_and_earlier_turns_condition_the_text(
+    service: LocalModelService,
+) -> None:
+    """At temperature 0 the seed plays no part: only what the model reads can move the text."""
+    user = [{"role": "user", "content": "Tell me more."}]
+    bare = texts(call(service, chat(messages=user, temperature=0, max_tokens=60))[1])
+    system = [{"role": "system", "content": "You write about baking bread and soup."}]
+    steered = texts(call(service, chat(messages=system + user, temperature=0, max_tokens=60))[1])
+    earlier = [
+        {"role": "user", "content": "How do I bake bread and soup?"},
+        {"role": "assistant", "content": "Knead the dough."},
+    ]
+    turns = texts(call(service, chat(messages=earlier + user, temperature=0, max_tokens=60))[1])
+    assert steered != bare and turns != bare

@@ -52,7 +52,7 @@ def test_the_same_distribution_does_not_reject_across_seeds() -> None:
 def test_a_shifted_distribution_rejects_with_the_smallest_p_value() -> None:
     changed = frozenset(f"j{i:02d}" for i in range(20))
     a, b = draw(seed=2, jobs=20, k=10, changed=changed)
-    result = as_test(equality_test(a, b, permutations=500))
+    result = as_test(equality_test(a, b, kernels=("hamming", "words"), permutations=500))
     assert result.p_value == 1 / 501
     assert result.rejects(0.05)
     assert result.statistic > 3
@@ -97,7 +97,7 @@ def test_the_changed_job_ranks_first_and_has_its_own_small_p_value() -> None:
     assert result.moved_most(1)[0].key == "j07"
     assert result.jobs[0].p_value < 0.01
     assert result.jobs[0].p_value == min(job.p_value for job in result.jobs)
-    assert result.jobs[0].mmd2[1] > 0.3
+    assert result.jobs[0].mmd2[0] > 0.3  # the mixture kernel's MMD² of the changed job
     assert sum(job.contribution for job in result.jobs) == pytest.approx(result.statistic)
 
 
@@ -216,3 +216,23 @@ def test_importing_the_module_does_not_import_numpy() -> None:
         "assert 'numpy' not in sys.modules, 'numpy imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_mixture_kernel_is_words_plus_a_fifth_of_hamming() -> None:
+    from runner.analysis.kernels import MIXTURE_HAMMING, mixture_gram
+
+    texts = ["the red rover crossed the dust plain", "a storm hid the orbit", "the red rover", ""]
+    expected = (
+        spectrum_gram(texts, None, k=3, unit="words") + MIXTURE_HAMMING * hamming_gram(texts, None)
+    ) / (1 + MIXTURE_HAMMING)
+    assert np.array_equal(mixture_gram(texts, None), expected)
+    assert np.allclose(np.diag(expected), 1.0)
+    rng = random.Random(3)
+    same = {f"j{i}": [rng.choice(texts[:3]) for _ in range(8)] for i in range(6)}
+    other = {key: [rng.choice(texts[:3]) for _ in range(8)] for key in same}
+    moved = {key: [texts[1]] * 8 for key in same}
+    kept = equality_test(same, other, permutations=200, kernels=("mixture",))
+    changed = equality_test(same, moved, permutations=200, kernels=("mixture",))
+    assert isinstance(kept, EqualityTest) and isinstance(changed, EqualityTest)
+    assert changed.rejects(0.05) and changed.kernel == "mixture"
+    assert kept.p_value > changed.p_value
