@@ -284,10 +284,11 @@ pass_context = click.make_pass_decorator(Context)
 )
 @click.pass_context
 def main(ctx: click.Context, database_url: str | None, log_level: str, log_format: str) -> None:
-    """seed-runner: run seeded chat-completion batches through a durable queue.
+    """seed-runner: run LLM request batches through a durable queue, and replay them.
 
-    Submit job files (YAML specs or OpenAI Batch JSONL), work them with an async
-    worker against OpenAI-compatible endpoints or the built-in local model, and
+    Submit job files (YAML specs or OpenAI Batch JSONL: chat completions, responses,
+    embeddings), work them with an async worker against OpenAI-compatible endpoints
+    (one request per try, or through the Batch API) or the built-in local model, and
     keep every output with its seed and system_fingerprint.
     """
     from runner.config import load_settings
