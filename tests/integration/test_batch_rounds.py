@@ -307,3 +307,71 @@ def test_a_batch_round_of_mixed_kinds_sends_its_chat_lines_in_provider_batches(
     }
     chat = sum(1 for api, *_ in rows if api == "chat")
     assert sql(db_url, "SELECT sum(request_count) FROM provider_batches") == [(chat,)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_three_workers_run_a_nightly_tick_via_batch_once_with_its_drift_report(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A scheduled round via the Batch API on PostgreSQL with 3 general workers: one round
+    for the tick, its runs in provider batches each sent once, one drift report."""
+    from datetime import UTC, datetime
+
+    from runner.scheduling.schedule import add_schedule
+    from tests.replaykit import work
+    from tests.schedulekit import Clock, nightly_job
+
+    log = tmp_path / "executed.jsonl"
+    options = ServerOptions(
+        port=0, log_level="warning", batches=BatchOptions(turnaround_ms=100, log=str(log))
+    )
+    created = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    engine = create_engine_async(db_url)
+    try:
+        with running_server(options) as url:
+            endpoint = replace(remote("serve", url), batch_max_requests=5)
+            settings = schedule_settings(db_url, endpoint)
+            settings = replace(settings, worker=replace(settings.worker, batch_poll_seconds=0.2))
+            path = nightly_job(tmp_path, 12, endpoint="serve")
+            first = await submit(engine, path, settings, now=created)
+            await work(engine, settings, [first.round_id])
+            await add_schedule(engine, "batched", "1", cron="0 3 * * *", via="batch", now=created)
+
+            async def reported() -> bool:
+                return bool(
+                    await scalar(
+                        engine,
+                        "SELECT count(*) FROM drift_reports d JOIN schedules s "
+                        "ON s.id = d.schedule_id WHERE s.name = 'batched'",
+                    )
+                )
+
+            clock = Clock(datetime(2026, 11, 21, 3, 0, 1, tzinfo=UTC))
+            await run_workers(engine, settings, clock, reported, count=3)
+    finally:
+        await engine.dispose()
+    # The job file's own schedule ('nightly', sync) ticks too: only 'batched' goes via batch.
+    batch_rounds = sql(db_url, "SELECT id FROM rounds WHERE via = 'batch'")
+    assert len(batch_rounds) == 1
+    (round_id,) = batch_rounds[0]
+    sizes = [
+        n
+        for (n,) in sql(
+            db_url, f"SELECT request_count FROM provider_batches WHERE round_id = {round_id}"
+        )
+    ]
+    assert sum(sizes) == 12 and max(sizes) <= 5
+    assert sql(
+        db_url,
+        "SELECT count(*), count(DISTINCT r.id) FROM attempts a JOIN runs r ON r.id = a.run_id "
+        f"WHERE a.outcome = 'succeeded' AND r.round_id = {round_id}",
+    ) == [(12, 12)]
+    executed = Counter(json.loads(line)["custom_id"] for line in log.read_text().splitlines())
+    assert len(executed) == 12 and max(executed.values()) == 1
+    reports = sql(
+        db_url,
+        "SELECT d.status FROM drift_reports d JOIN schedules s ON s.id = d.schedule_id "
+        "WHERE s.name = 'batched'",
+    )
+    assert reports == [("stable",)]  # seeded on a deterministic model: the same outputs
