@@ -113,6 +113,12 @@ def success(run_id: int, held: Held, completion: Completion, times: Turnaround) 
         completion_tokens=completion.completion_tokens,
         total_tokens=completion.total_tokens,
         n_honoured=None,
+        # What a chat line's answer carries beyond text (runner.endpoints.kinds); the
+        # schema verdict needs the job's body and is not made for batch lines yet.
+        service_tier=completion.service_tier,
+        cached_tokens=completion.cached_tokens,
+        reasoning_tokens=completion.reasoning_tokens,
+        tool_calls=completion.tool_calls,
     )
 
 
