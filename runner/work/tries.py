@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runner.config import WorkerConfig
 from runner.db.queue import ClaimedRun, Outcome, samples_asked, with_changes
@@ -40,6 +40,35 @@ if TYPE_CHECKING:
 log = logging.getLogger("runner.worker")
 
 AUTH_FAILURES_TO_GIVE_UP = 3  # 401s in a row before a worker stops claiming for an endpoint
+
+
+def answer_fields(completion: Completion) -> dict[str, Any]:
+    """What an Outcome stores of an endpoint's answer, whichever way it travelled (one
+    request per try here, a provider batch line in ``runner.work.batches``)."""
+    return {
+        "http_status": completion.http_status,
+        "response": completion.response,
+        "output": completion.outputs[0],
+        # An embeddings run has vectors, not text: no outputs list to store.
+        "outputs": None
+        if completion.embedding is not None
+        else json.dumps(list(completion.outputs), ensure_ascii=False),
+        "finish_reason": completion.finish_reason,
+        "response_model": completion.model,
+        "system_fingerprint": completion.system_fingerprint,
+        "provider_request_id": completion.request_id,
+        "prompt_tokens": completion.prompt_tokens,
+        "completion_tokens": completion.completion_tokens,
+        "total_tokens": completion.total_tokens,
+        "response_status": completion.response_status,
+        "incomplete_details": completion.incomplete_details,
+        "service_tier": completion.service_tier,
+        "cached_tokens": completion.cached_tokens,
+        "reasoning_tokens": completion.reasoning_tokens,
+        "embedding": completion.embedding,
+        "embedding_dimensions": completion.embedding_dimensions,
+        "tool_calls": completion.tool_calls,
+    }
 
 
 def backoff_seconds(attempt: int, config: WorkerConfig, retry_after: float | None) -> float:
@@ -135,31 +164,10 @@ class Tries:
             finished_at=self.clock(),
             latency_ms=round(latency, 3),
             outcome="succeeded",
-            http_status=completion.http_status,
-            response=completion.response,
-            output=completion.outputs[0],
-            # An embeddings run has vectors, not text: no outputs list to store.
-            outputs=None
-            if completion.embedding is not None
-            else json.dumps(list(completion.outputs), ensure_ascii=False),
-            finish_reason=completion.finish_reason,
-            response_model=completion.model,
-            system_fingerprint=completion.system_fingerprint,
-            provider_request_id=completion.request_id,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            total_tokens=completion.total_tokens,
             n_honoured=honoured,
-            response_status=completion.response_status,
-            incomplete_details=completion.incomplete_details,
-            service_tier=completion.service_tier,
-            cached_tokens=completion.cached_tokens,
-            reasoning_tokens=completion.reasoning_tokens,
-            embedding=completion.embedding,
-            embedding_dimensions=completion.embedding_dimensions,
             # An output that breaks its schema is still the endpoint's answer: stored.
             schema_valid=schemas.verdict(run.api, run.body, completion.outputs),
-            tool_calls=completion.tool_calls,
+            **answer_fields(completion),
         )
 
     def _refused(

@@ -25,7 +25,7 @@ from runner.db.models import AttemptOutcome, Via
 from runner.db.queue import Outcome
 from runner.db.queue.batches import ChunkRequest, custom_id
 from runner.endpoints import Completion, EndpointError
-from runner.work.tries import backoff_seconds
+from runner.work.tries import answer_fields, backoff_seconds
 
 URL = "/v1/chat/completions"
 
@@ -101,24 +101,9 @@ def success(run_id: int, held: Held, completion: Completion, times: Turnaround) 
         finished_at=times.ended_at,
         latency_ms=times.latency_ms,
         outcome=AttemptOutcome.SUCCEEDED.value,
-        http_status=completion.http_status,
-        response=completion.response,
-        output=completion.outputs[0],
-        outputs=json.dumps(list(completion.outputs), ensure_ascii=False),
-        finish_reason=completion.finish_reason,
-        response_model=completion.model,
-        system_fingerprint=completion.system_fingerprint,
-        provider_request_id=completion.request_id,
-        prompt_tokens=completion.prompt_tokens,
-        completion_tokens=completion.completion_tokens,
-        total_tokens=completion.total_tokens,
         n_honoured=None,
-        # What a chat line's answer carries beyond text (runner.endpoints.kinds); the
-        # schema verdict needs the job's body and is not made for batch lines yet.
-        service_tier=completion.service_tier,
-        cached_tokens=completion.cached_tokens,
-        reasoning_tokens=completion.reasoning_tokens,
-        tool_calls=completion.tool_calls,
+        # The schema verdict needs the job's body: not made for batch lines yet.
+        **answer_fields(completion),
     )
 
 
